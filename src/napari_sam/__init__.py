@@ -1,0 +1,42 @@
+"""napari-sam: Segment Anything for microscopy, with its own PyTorch engine.
+
+Importing this package is light: it pulls in neither Qt nor napari, and loads
+torch only when a model-related name is first used. Public names:
+
+- ``build_sam(model_type, checkpoint=None, device=None)``: a model in eval mode.
+- ``load_model(name_or_path, device=None, precision=None)``: zoo name or file.
+- ``SamPredictor(model)``: the reference's two-phase set_image / predict API.
+- ``Segmenter(model=..., device=None)``: napari-order (row, col) scripting API.
+- ``SamAutomaticMaskGenerator(model, ...)``: automatic instance segmentation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_sam": "napari_sam.model.build",
+    "sam_model_registry": "napari_sam.model.build",
+    "SamPredictor": "napari_sam.engine.predictor",
+    "load_model": "napari_sam.engine.zoo",
+    "list_models": "napari_sam.engine.zoo",
+    "Segmenter": "napari_sam.engine.segmenter",
+    "SamAutomaticMaskGenerator": "napari_sam.engine.amg",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

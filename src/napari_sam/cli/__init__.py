@@ -1,0 +1,63 @@
+"""The ``napari-sam`` command line: one sub-command per module in this package.
+
+Each sub-command module defines ``add_parser(subparsers)`` (returning the
+parser) and ``run(args) -> int``. Modules are imported only when listed here,
+and heavy imports (torch, zarr) happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command name -> module (inside napari_sam.cli)
+SUBCOMMANDS = {
+    "predict": "predict",
+    "models": "models",
+    "embed": "embed",
+    "segment": "segment",
+    "train": "train",
+}
+
+
+def _available() -> dict[str, object]:
+    mods = {}
+    for name, modname in SUBCOMMANDS.items():
+        try:
+            mods[name] = importlib.import_module(f"{__name__}.{modname}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{modname}":
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"napari-sam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, mod in _available().items():
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import NapariSamError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except NapariSamError as e:
+        print(f"napari-sam: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-sam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Turning microscopy images into SAM's 8-bit RGB input.
+
+SAM was trained on 8-bit RGB photographs. The rule used here, one fixed rule
+per image:
+
+- uint8 images are used as they are (no stretching), so results match the
+  reference implementation exactly;
+- any other dtype (uint16, int, float) is scaled linearly so that the 0.1th
+  percentile maps to 0 and the 99.9th percentile to 255, then clipped and
+  rounded to uint8. Callers that work on tiles or slices of a larger image pass
+  the limits computed once for the whole image (``intensity_range``), so tiles
+  and slices are never re-stretched on their own;
+- grayscale (H, W) or (H, W, 1) becomes three identical channels; RGBA drops
+  alpha; (H, W, 2) is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidImageError
+
+LOW_PERCENTILE = 0.1
+HIGH_PERCENTILE = 99.9
+
+
+def intensity_range(image: np.ndarray, sample: int = 4_000_000) -> tuple[float, float]:
+    """Robust (low, high) intensity limits of ``image`` from percentiles.
+
+    For big arrays a strided sample of about ``sample`` pixels is used, so
+    the cost stays bounded. Raises :class:`InvalidImageError` on NaN/inf.
+    """
+    arr = np.asarray(image)
+    if arr.size > sample:
+        step = int(np.ceil(arr.size / sample))
+        arr = arr.reshape(-1)[::step]
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidImageError("The image contains NaN or infinite values; replace them before segmenting.")
+    lo, hi = np.percentile(arr, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    return float(lo), float(hi)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate a 2D image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of a numeric dtype."""
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind not in "uif":
+        raise InvalidImageError(f"Unsupported image dtype {arr.dtype}; use an integer or float image.")
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4):
+        raise InvalidImageError(
+            f"Image of shape {arr.shape} is not 2D: expected (H, W) or (H, W, C) with C in 1, 3, 4. "
+            "For z-stacks or time series, pass one slice at a time (or use Segmenter with slice_index)."
+        )
+    if arr.ndim not in (2, 3):
+        raise InvalidImageError(
+            f"Image has {arr.ndim} dimensions {arr.shape}; expected a 2D image (H, W) or (H, W, C). "
+            "Pass one slice of a stack at a time."
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidImageError(f"Image of shape {arr.shape} is empty.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidImageError("The image contains NaN or infinite values; replace them before segmenting.")
+    return arr
+
+
+def to_uint8_rgb(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
+    """Convert a 2D image to (H, W, 3) uint8 following the module's rule.
+
+    Args:
+        image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), any numeric dtype.
+        limits: (low, high) intensity limits to use instead of this image's
+            own percentiles (for tiles/slices of a larger image). Ignored for uint8.
+    """
+    arr = check_image(image)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        lo, hi = limits if limits is not None else intensity_range(arr)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr = np.clip((arr.astype(np.float32) - lo) * scale, 0, 255)
+        arr = np.rint(arr).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,242 @@
+"""``SamPredictor``: compute an image embedding once, then predict masks per prompt.
+
+Same call signature and return values as the reference
+``segment_anything.SamPredictor``; coordinates are (x, y) pixels of the
+original image. Beyond the reference it accepts grayscale, RGB and RGBA images
+of uint8, uint16 and float dtypes (see :mod:`napari_sam.engine.normalize`),
+validates prompts with clear errors (:mod:`napari_sam.engine.prompts`), runs
+the encoder in an optional reduced precision, and can be given a precomputed
+embedding instead of running the encoder (:meth:`set_embedding`).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ImageNotSetError, InvalidImageError, InvalidPromptError
+from ..model.sam import Sam
+from ..model.transforms import ResizeLongestSide
+from .device import autocast_dtype, resolve_precision
+from .normalize import to_uint8_rgb
+from .prompts import check_box, check_mask_input, check_points
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """An image embedding and the geometry needed to use it.
+
+    Attributes:
+        features: (1, C, h, w) float32 tensor (C = 256 for the published models).
+        original_size: (H, W) of the image the prompts refer to.
+        input_size: (h', w') of the resized image inside the padded encoder input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+class SamPredictor:
+    """Two-phase SAM inference: :meth:`set_image` once, :meth:`predict` per prompt."""
+
+    def __init__(self, sam_model: Sam, precision: str | None = None) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.precision = resolve_precision(
+            precision if precision is not None else getattr(sam_model, "precision", None), self.device
+        )
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---- image phase -------------------------------------------------------------------------
+    def set_image(
+        self,
+        image: np.ndarray,
+        image_format: str = "RGB",
+        intensity_limits: tuple[float, float] | None = None,
+    ) -> None:
+        """Compute the embedding of ``image``.
+
+        Args:
+            image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8, uint16 or float.
+                uint8 RGB is used as is (exactly like the reference).
+            image_format: ``"RGB"`` or ``"BGR"`` channel order of a 3-channel image.
+            intensity_limits: (low, high) for non-uint8 images, to normalise with
+                limits computed over a whole stack or a whole large image.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise InvalidImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        rgb = to_uint8_rgb(image, intensity_limits)
+        if image_format != self.model.image_format:
+            rgb = rgb[..., ::-1]
+        input_image = self.transform.apply_image(np.ascontiguousarray(rgb))
+        t = torch.as_tensor(np.array(input_image), device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(t, rgb.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed a (1, 3, h, w) image already resized so its longest side is the model's input size."""
+        if (
+            transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != self.model.image_encoder.img_size
+        ):
+            raise InvalidImageError(
+                f"set_torch_image expects (1, 3, h, w) with longest side {self.model.image_encoder.img_size}; "
+                f"got {tuple(transformed_image.shape)}."
+            )
+        self.reset_image()
+        features = self.encode(transformed_image)
+        self._embedding = Embedding(
+            features, tuple(int(s) for s in original_image_size), tuple(int(s) for s in transformed_image.shape[-2:])
+        )
+
+    def encode(self, transformed_image: torch.Tensor) -> torch.Tensor:
+        """Run the image encoder on resized (B, 3, h, w) pixels; returns float32 (B, C, h', w')."""
+        x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        dtype = autocast_dtype(self.precision)
+        ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with torch.inference_mode(), ctx:
+            return self.model.image_encoder(x).float()
+
+    def set_embedding(self, embedding: Embedding | torch.Tensor | np.ndarray, original_size=None, input_size=None) -> None:
+        """Use a precomputed embedding instead of running the encoder.
+
+        Either an :class:`Embedding`, or features (1, C, h, w) / (C, h, w) plus
+        ``original_size`` (H, W) and ``input_size`` (h', w').
+        """
+        if not isinstance(embedding, Embedding):
+            if original_size is None or input_size is None:
+                raise InvalidImageError("set_embedding needs original_size and input_size with raw features.")
+            feats = torch.as_tensor(np.asarray(embedding) if not torch.is_tensor(embedding) else embedding)
+            if feats.ndim == 3:
+                feats = feats[None]
+            embedding = Embedding(feats, tuple(map(int, original_size)), tuple(map(int, input_size)))
+        grid = self.model.prompt_encoder.image_embedding_size
+        expected = (1, self.model.prompt_encoder.embed_dim, *grid)
+        if tuple(embedding.features.shape) != expected:
+            raise InvalidImageError(
+                f"Embedding of shape {tuple(embedding.features.shape)} does not fit this model (expects {expected}); "
+                "was it computed with another model?"
+            )
+        self._embedding = Embedding(
+            embedding.features.to(self.device, torch.float32), embedding.original_size, embedding.input_size
+        )
+
+    def get_embedding(self) -> Embedding:
+        """The current :class:`Embedding` (features with geometry)."""
+        if self._embedding is None:
+            raise ImageNotSetError("No image is set: call set_image() (or set_embedding()) before this.")
+        return self._embedding
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The (1, C, h, w) image embedding of the current image."""
+        return self.get_embedding().features
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self._embedding: Embedding | None = None
+
+    # reference-compatible attributes
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.get_image_embedding()
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.get_embedding().original_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.get_embedding().input_size
+
+    # ---- prompt phase ------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts in the original image's (x, y) pixel frame.
+
+        Args:
+            point_coords: (N, 2) float (x, y).  point_labels: (N,) 1 = positive, 0 = negative.
+            box: (4,) x0, y0, x1, y1.  mask_input: (1, 4h, 4w) low-res logits from a previous call.
+        Returns:
+            masks (M, H, W) bool (float logits with ``return_logits``), iou_predictions (M,),
+            low_res_logits (M, 4h, 4w); M = 3 with ``multimask_output`` else 1.
+        """
+        emb = self.get_embedding()
+        coords, labels = check_points(point_coords, point_labels, emb.original_size)
+        boxes = check_box(box, emb.original_size)
+        if boxes is not None and boxes.shape[0] != 1:
+            raise InvalidPromptError("predict takes one box; use predict_torch for a batch of boxes.")
+        mask = check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
+        if coords is None and boxes is None and mask is None:
+            raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
+
+        coords_t = labels_t = box_t = mask_t = None
+        if coords is not None:
+            c = self.transform.apply_coords(coords, emb.original_size)
+            coords_t = torch.as_tensor(c, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if boxes is not None:
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes, emb.original_size), dtype=torch.float, device=self.device)
+        if mask is not None:
+            mask_t = torch.as_tensor(mask, dtype=torch.float, device=self.device)[None]
+        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the model's input frame.
+
+        Args:
+            point_coords: (B, N, 2) (x, y), transformed with ``self.transform``.
+            point_labels: (B, N).  boxes: (B, 4).  mask_input: (B, 1, 4h, 4w).
+        Returns:
+            masks (B, M, H, W), iou_predictions (B, M), low_res_logits (B, M, 4h, 4w).
+        """
+        emb = self.get_embedding()
+        if point_coords is not None:
+            if point_labels is None or point_coords.shape[:2] != point_labels.shape[:2] or point_coords.shape[-1] != 2:
+                raise InvalidPromptError(
+                    "point_coords (B, N, 2) and point_labels (B, N) must be given together with matching shapes."
+                )
+            points = (point_coords, point_labels)
+        else:
+            points = None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=emb.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res, emb.input_size, emb.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res

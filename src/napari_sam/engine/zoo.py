@@ -1,0 +1,310 @@
+"""The model zoo: named, published SAM weights, and ``load_model`` for names or files.
+
+``load_model("vit_b")`` downloads Meta's ViT-B weights on first use into the
+per-user cache (see :mod:`napari_sam.engine.weights_cache`), checks them, and
+returns a :class:`~napari_sam.model.Sam` in eval mode. ``load_model(path)``
+loads a local file, guessing the architecture from its tensors.
+
+Provenance of the registry (hashes are the publishers' or widely published ones,
+never computed here):
+
+- ``vit_b``/``vit_l``/``vit_h``: Meta's URLs; sha256 and sizes as recorded in
+  micro-sam's registry (``micro_sam/util.py``, older sha256 version) and many
+  independent projects.
+- ``vit_t``: MobileSAM's ``weights/mobile_sam.pt`` at commit f706ad9 of
+  ChaoningZhang/MobileSAM; sha256 as recorded by micro-sam for its mirror of the
+  same file and by independent projects pinning that commit.
+- ``*_lm`` / ``*_em_organelles``: micro-sam's generalist fine-tunes, the weight
+  file inside their BioImage.IO packages, URLs and xxh128 hashes from
+  micro-sam's current registry (``micro_sam/v1/util.py``). xxh128 can only be
+  checked when the optional ``xxhash`` package is installed; otherwise these
+  files are verified only by loading them strictly into the architecture.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError, UnknownModelError
+from . import weights_cache
+from .weights_format import read_weights
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model of the zoo.
+
+    A downloadable entry has ``url`` and ``filename`` (its name in the cache).
+    A bundled entry (``bundled=True``) ships inside the package at
+    ``package_path`` (relative to ``napari_sam``) and has no URL.
+    ``known_hash`` is a pooch hash string (``"sha256:..."``, ``"md5:..."``,
+    ``"xxh128:..."``) or ``None`` when no published hash exists; the file is
+    then verified only by a successful strict load.
+    """
+
+    name: str
+    architecture: str  # vit_b, vit_l, vit_h, vit_t or tiny
+    description: str
+    source: str
+    license: str
+    url: str | None = None
+    filename: str | None = None
+    known_hash: str | None = None
+    size: int | None = None  # bytes
+    bundled: bool = False
+    package_path: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """False only for a bundled entry whose file is absent from this installation."""
+        return not self.bundled or bundled_path(self).is_file()
+
+
+_META = "Meta AI, Segment Anything (Kirillov et al. 2023), github.com/facebookresearch/segment-anything"
+_MICRO_SAM = (
+    "micro-sam (Archit et al. 2025, Nature Methods), "
+    "github.com/computational-cell-analytics/micro-sam; BioImage.IO model"
+)
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
+
+
+def _micro_sam(name: str, arch: str, bioimageio_id: str, version: str, xxh128: str, what: str) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        architecture=arch,
+        description=f"SAM {arch.upper().replace('_', '-')} fine-tuned by micro-sam for {what}",
+        source=f"{_MICRO_SAM} '{bioimageio_id}' v{version}",
+        license="not recorded here: see the BioImage.IO model card",
+        url=f"{_BIOIMAGEIO}/{bioimageio_id}/{version}/files/{arch}.pt",
+        filename=f"micro_sam_{name}_v{version}.pt",
+        known_hash=f"xxh128:{xxh128}",
+    )
+
+
+_ENTRIES = (
+    ModelEntry(
+        "vit_b", "vit_b", "Segment Anything, ViT-B encoder (91M parameters)", _META, "Apache-2.0",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        filename="sam_vit_b_01ec64.pth",
+        known_hash="sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        size=375042383,
+    ),
+    ModelEntry(
+        "vit_l", "vit_l", "Segment Anything, ViT-L encoder (308M parameters)", _META, "Apache-2.0",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        filename="sam_vit_l_0b3195.pth",
+        known_hash="sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        size=1249524607,
+    ),
+    ModelEntry(
+        "vit_h", "vit_h", "Segment Anything, ViT-H encoder (636M parameters)", _META, "Apache-2.0",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        filename="sam_vit_h_4b8939.pth",
+        known_hash="sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        size=2564550879,
+    ),
+    ModelEntry(
+        "vit_t", "vit_t", "MobileSAM: TinyViT encoder distilled from SAM ViT-H (10M parameters)",
+        "MobileSAM (Zhang et al. 2023), github.com/ChaoningZhang/MobileSAM", "Apache-2.0",
+        url=f"https://github.com/ChaoningZhang/MobileSAM/raw/{_MOBILE_SAM_COMMIT}/weights/mobile_sam.pt",
+        filename="mobile_sam.pt",
+        known_hash="sha256:6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        size=40728226,
+    ),
+    _micro_sam("vit_b_lm", "vit_b", "diplomatic-bug", "1.2", "fe9252a29f3f4ea53c15a06de471e186",
+               "cells and nuclei in light microscopy"),
+    _micro_sam("vit_l_lm", "vit_l", "idealistic-rat", "1.2", "017f20677997d628426dec80a8018f9d",
+               "cells and nuclei in light microscopy"),
+    _micro_sam("vit_t_lm", "vit_t", "faithful-chicken", "1.1", "72ec5074774761a6e5c05a08942f981e",
+               "cells and nuclei in light microscopy"),
+    _micro_sam("vit_b_em_organelles", "vit_b", "noisy-ox", "1.2", "f3bf2ed83d691456bae2c3f9a05fb438",
+               "mitochondria, nuclei and other organelles in electron microscopy"),
+    _micro_sam("vit_l_em_organelles", "vit_l", "humorous-crab", "1.2", "810b084b6e51acdbf760a993d8619f2d",
+               "mitochondria, nuclei and other organelles in electron microscopy"),
+    _micro_sam("vit_t_em_organelles", "vit_t", "greedy-whale", "1", "253474720c497cce605e57c9b1d18fd9",
+               "mitochondria, nuclei and other organelles in electron microscopy"),
+    ModelEntry(
+        "tiny", "tiny", "napari-sam's small bundled model (256 px input), for quick tries and tests",
+        "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt",
+    ),
+)
+
+#: name -> entry. Tests and plugins may add entries (e.g. ``monkeypatch.setitem``).
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
+
+
+def list_models(include_unavailable: bool = False) -> list[ModelEntry]:
+    """The zoo's entries, in registry order.
+
+    Bundled entries whose file is missing from this installation are left out
+    unless ``include_unavailable`` is true.
+    """
+    return [e for e in REGISTRY.values() if include_unavailable or e.available]
+
+
+DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
+
+
+def default_model_name() -> str:
+    """The model used when none is named: ``$NAPARI_SAM_MODEL``, else the bundled ``tiny``.
+
+    Raises :class:`UnknownModelError` with what to do if the bundled file is missing.
+    """
+    import os
+
+    name = os.environ.get(DEFAULT_MODEL_ENV)
+    if name:
+        return name
+    entry = REGISTRY.get("tiny")
+    if entry is not None and entry.available:
+        return "tiny"
+    raise UnknownModelError(
+        "No model was named and the bundled 'tiny' model is missing from this installation. "
+        "Name a model (e.g. 'vit_b', downloaded on first use) or a checkpoint file, "
+        f"or set {DEFAULT_MODEL_ENV}."
+    )
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry called ``name``; :class:`UnknownModelError` (listing the names) if none."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(e.name for e in list_models())
+        raise UnknownModelError(
+            f"Unknown model {name!r}: it is neither a model of the zoo nor an existing file. "
+            f"Known models: {known}."
+        ) from None
+
+
+def bundled_path(entry: ModelEntry) -> Path:
+    """Where a bundled entry's file lives inside the installed package."""
+    if not entry.package_path:
+        raise CheckpointError(f"Model {entry.name!r} is marked bundled but has no package path.")
+    return Path(str(importlib.resources.files("napari_sam").joinpath(entry.package_path)))
+
+
+def weights_path(name: str, progressbar: bool = True) -> Path:
+    """Local file of zoo model ``name``: the bundled file, or the cached download (fetched if needed)."""
+    entry = get_entry(name)
+    if entry.bundled:
+        path = bundled_path(entry)
+        if not path.is_file():
+            raise CheckpointError(
+                f"The bundled weights of {entry.name!r} are missing from this installation (expected {path}). "
+                f"Reinstall napari-sam, or use another model: "
+                f"{', '.join(e.name for e in list_models())}."
+            )
+        return path
+    if not entry.url or not entry.filename:
+        raise CheckpointError(f"Model {entry.name!r} has neither a URL nor bundled weights.")
+    return weights_cache.fetch(entry.url, entry.filename, entry.known_hash, entry.size, progressbar=progressbar)
+
+
+def _read_zoo_weights(entry: ModelEntry, progressbar: bool) -> dict:
+    """Fetch and read a zoo model; a cached file that cannot be read is fetched once more."""
+    path = weights_path(entry.name, progressbar=progressbar)
+    try:
+        return read_weights(path)
+    except CheckpointError as first:
+        if entry.bundled or weights_cache.is_offline():
+            raise
+        # Without a checkable hash, a damaged cached file is only noticed here.
+        _log.warning("Cached weights %s could not be read (%s); fetching them again.", path, first)
+        weights_cache.discard(path)
+        path = weights_path(entry.name, progressbar=progressbar)
+        return read_weights(path)
+
+
+def _check_architecture(state: dict, model_type: str, source: str) -> None:
+    """Fail early, naming the likely type, when the tensors are clearly of another known architecture."""
+    from ..model import get_config, guess_model_type
+    from ..model.config import ALIASES, PRESETS
+
+    guess = guess_model_type(state)
+    wanted = get_config(model_type).name
+    if guess in PRESETS and guess != ALIASES.get(wanted, wanted):
+        raise CheckpointError(
+            f"{source} does not fit a {model_type!r} model: its tensors look like a {guess!r} checkpoint. "
+            f"Load it with model_type={guess!r} (or leave model_type out to detect it)."
+        )
+
+
+def _build(state: dict, model_type: str, source: str, device, precision):
+    from ..model import build_sam
+    from ..model.checkpoint import load_into
+    from .device import resolve_device
+
+    _check_architecture(state, model_type, source)
+    model = build_sam(model_type, device=resolve_device(device))
+    try:
+        load_into(model, state, model_type)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+    model.precision = precision
+    return model
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device=None,
+    precision: str | None = None,
+    *,
+    model_type: str | None = None,
+    progressbar: bool = True,
+):
+    """Load a SAM from a zoo name (downloaded and cached on first use) or a local file.
+
+    Args:
+        name_or_path: a name from :func:`list_models` (``"vit_b"``, ``"vit_b_lm"``,
+            ...) or the path of a checkpoint file. A ``str`` equal to a zoo name
+            means the zoo model; pass a ``Path`` to force a file.
+        device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or ``None``
+            for the default (``NAPARI_SAM_DEVICE``, else CUDA, MPS, CPU).
+        precision: stored as ``model.precision`` for the engine.
+        model_type: architecture of a local file; guessed from its tensors when
+            left out. For zoo names it must agree with the entry.
+        progressbar: show a tqdm bar while downloading.
+
+    Returns:
+        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device.
+
+    Raises:
+        UnknownModelError: neither a zoo name nor an existing file.
+        DownloadError: the weights could not be fetched (offline, network, bad hash).
+        CheckpointError: the file is missing, truncated, unsafe, or of another model type.
+    """
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        entry = REGISTRY[name_or_path]
+        arch = entry.architecture
+        if model_type is not None and model_type != arch:
+            raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
+        state = _read_zoo_weights(entry, progressbar)
+        return _build(state, arch, f"Zoo model {entry.name!r}", device, precision)
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if isinstance(name_or_path, os.PathLike) or path.suffix or len(path.parts) > 1:
+            raise CheckpointError(f"Checkpoint file not found: {path}")
+        get_entry(str(name_or_path))  # raises UnknownModelError listing the names
+    state = read_weights(path)
+    if model_type is None:
+        from ..model import guess_model_type
+
+        model_type = guess_model_type(state)
+        if model_type.startswith("unknown"):
+            raise CheckpointError(
+                f"Cannot tell which SAM architecture {path} holds ({model_type}); pass model_type= "
+                f"(vit_b, vit_l, vit_h, vit_t or tiny)."
+            )
+    return _build(state, model_type, f"Checkpoint {path}", device, precision)
+
+
+__all__ = ["REGISTRY", "ModelEntry", "get_entry", "list_models", "load_model", "weights_path"]

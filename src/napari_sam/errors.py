@@ -1,0 +1,47 @@
+"""Typed exceptions of napari-sam.
+
+Every error a user can cause (bad image, bad prompt, bad checkpoint, missing
+download) is raised as one of these, with a message that names the problem
+and, where possible, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class NapariSamError(Exception):
+    """Base class of all napari-sam errors."""
+
+
+class InvalidImageError(NapariSamError, ValueError):
+    """The image has the wrong dimensions, dtype, or contains NaN/inf."""
+
+
+class InvalidPromptError(NapariSamError, ValueError):
+    """Points, labels, boxes or mask inputs are malformed or out of range."""
+
+
+class ImageNotSetError(NapariSamError, RuntimeError):
+    """A prediction was requested before an image (or embedding) was set."""
+
+
+class CheckpointError(NapariSamError, ValueError):
+    """A checkpoint file is missing, corrupt, unsafe, or of another model type."""
+
+
+class UnknownModelError(NapariSamError, KeyError):
+    """A model name that is neither in the zoo nor a path to a file."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DownloadError(NapariSamError, OSError):
+    """Model weights could not be fetched (no network, bad hash, ...)."""
+
+
+class DeviceError(NapariSamError, ValueError):
+    """An unknown or unavailable compute device was requested."""
+
+
+class CacheError(NapariSamError, OSError):
+    """The embedding cache cannot be read or written."""

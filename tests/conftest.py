@@ -1,0 +1,66 @@
+"""Shared fixtures.
+
+torchvision (and torch._dynamo) are imported here, before any napari viewer
+creates an OpenGL context: importing them afterwards segfaults with this torch
+under Mesa (triton's LLVM clashes with Mesa's). See docs/troubleshooting.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision  # noqa: F401  (import order matters, see module docstring)
+import torch._dynamo  # noqa: F401
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def perturbed_state_dict(model: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> dict[str, torch.Tensor]:
+    """A state dict with every float tensor perturbed by noise (many SAM tensors initialise to zero)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            v = v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        out[k] = v.clone()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint file of the small 'tiny' architecture with random (perturbed) weights."""
+    from napari_sam.model import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_random.pt"
+    torch.save(perturbed_state_dict(model, seed=1), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """A random-weight 'tiny' SAM (256 px input), fast enough for many tests."""
+    from napari_sam.model import build_sam
+
+    return build_sam("tiny", checkpoint=tiny_checkpoint)
+
+
+@pytest.fixture()
+def cells_image() -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic fluorescence image (uint16, 200 x 240) and its instance labels."""
+    from skimage.draw import ellipse
+    from skimage.filters import gaussian
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((200, 240), np.int32)
+    centres = [(50, 60), (60, 170), (140, 80), (150, 180)]
+    for i, (r, c) in enumerate(centres, start=1):
+        rr, cc = ellipse(r, c, 28, 22, labels.shape, rotation=0.3 * i)
+        labels[rr, cc] = i
+    img = gaussian((labels > 0).astype(float), 2) * 3000 + 200
+    img = rng.poisson(img).astype(np.uint16)
+    return img, labels
