@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, UnknownModelError
 from . import weights_cache
-from .weights_format import read_weights
+from ..model.checkpoint import read_state_dict
 
 _log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _read_zoo_weights(entry: ModelEntry, progressbar: bool) -> dict:
     """Fetch and read a zoo model; a cached file that cannot be read is fetched once more."""
     path = weights_path(entry.name, progressbar=progressbar)
     try:
-        return read_weights(path)
+        return read_state_dict(path)
     except CheckpointError as first:
         if entry.bundled or weights_cache.is_offline():
             raise
@@ -220,7 +220,7 @@ def _read_zoo_weights(entry: ModelEntry, progressbar: bool) -> dict:
         _log.warning("Cached weights %s could not be read (%s); fetching them again.", path, first)
         weights_cache.discard(path)
         path = weights_path(entry.name, progressbar=progressbar)
-        return read_weights(path)
+        return read_state_dict(path)
 
 
 def _check_architecture(state: dict, model_type: str, source: str) -> None:
@@ -294,7 +294,7 @@ def load_model(
         if isinstance(name_or_path, os.PathLike) or path.suffix or len(path.parts) > 1:
             raise CheckpointError(f"Checkpoint file not found: {path}")
         get_entry(str(name_or_path))  # raises UnknownModelError listing the names
-    state = read_weights(path)
+    state = read_state_dict(path)
     if model_type is None:
         from ..model import guess_model_type
 

@@ -1,4 +1,20 @@
-"""Safe checkpoint loading: weights only, strict keys, errors that say what is wrong."""
+"""Safe checkpoint loading: weights only, strict keys, errors that say what is wrong.
+
+Reading SAM weight files, whatever wrapper they were saved in.
+
+Files are always opened with ``torch.load(weights_only=True)``: no arbitrary
+object is ever unpickled. Recognised layouts:
+
+- a bare SAM state dict (Meta's ``sam_vit_*.pth``, MobileSAM's ``mobile_sam.pt``,
+  micro-sam's exported ``vit_*.pt`` in its BioImage.IO packages);
+- a dict wrapping it under ``"model"`` or ``"state_dict"`` (training frameworks);
+- micro-sam / torch_em layout: ``{"model_state": {...}, "decoder_state": {...}, ...}``
+  where model keys may carry a ``"sam."`` prefix. The prefix is stripped and
+  the instance-segmentation ``decoder_state`` (not part of SAM) is ignored.
+
+Full torch_em *training* checkpoints also pickle optimizer/config objects; they
+are refused, with a hint to export them to a plain state dict first.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +28,63 @@ import torch
 
 from ..errors import CheckpointError
 
-# A parameter whose shape tells the architecture apart.
-_SIGNATURE_KEYS = {
-    "image_encoder.pos_embed": "ViT encoder",
-    "image_encoder.patch_embed.seq.0.c.weight": "TinyViT encoder (vit_t)",
-}
+#: Key prefix micro-sam's trainer puts on SAM parameters inside ``model_state``.
+MICRO_SAM_PREFIX = "sam."
+
+
+def _load_weights_only(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"Refused to load {path}: it contains objects other than tensors, and napari-sam never "
+            f"unpickles arbitrary code. Re-save it as a plain state dict (for a micro-sam training "
+            f"checkpoint: micro_sam.util.export_custom_sam_model). ({str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}). "
+            f"Delete it and download it again."
+        ) from e
+
+
+def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Extract the SAM state dict from a loaded checkpoint object (see module docstring).
+
+    Raises :class:`CheckpointError` when no mapping of tensors can be found.
+    """
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("model_state"), Mapping):  # micro-sam / torch_em
+            inner = obj["model_state"]
+            obj = {
+                (k[len(MICRO_SAM_PREFIX):] if isinstance(k, str) and k.startswith(MICRO_SAM_PREFIX) else k): v
+                for k, v in inner.items()
+            }
+        else:
+            for key in ("model", "state_dict"):
+                if isinstance(obj.get(key), Mapping):
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} does not hold a state dict of tensors.")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source} does not hold a state dict of tensors (non-tensor entries: {shown}).")
+    return dict(obj)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a state dict without unpickling arbitrary objects.
+    """Read a SAM checkpoint file into a plain state dict, safely (weights only).
 
-    Accepts a bare state dict or one wrapped under a ``"model"`` /
-    ``"state_dict"`` key (as training frameworks save them).
+    Raises :class:`CheckpointError` if the file is missing, truncated, corrupt,
+    holds pickled objects, or has no recognisable state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"Refused to load {path}: it contains objects other than tensors, and napari-sam never "
-            f"unpickles arbitrary code. Re-save it as a plain state dict. ({str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"Checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            f"Delete it and download it again."
-        ) from e
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"Checkpoint {path} does not hold a state dict of tensors.")
-    return dict(obj)
+    return unwrap_state_dict(_load_weights_only(path), source=f"Checkpoint {path}")
 
 
 def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:

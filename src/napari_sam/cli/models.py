@@ -1,0 +1,26 @@
+"""``napari-sam models``: list the model zoo, or fetch a model ahead of time."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("models", help="list the model zoo or download a model ahead of time")
+    p.add_argument("--fetch", metavar="NAME", help="download (and verify) this model into the cache")
+    p.add_argument("--all", action="store_true", help="also list entries unavailable in this installation")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine import weights_cache, zoo
+
+    if args.fetch:
+        path = zoo.weights_path(args.fetch, progressbar=True)
+        print(path)
+        return 0
+    print(f"cache folder: {weights_cache.cache_dir()}")
+    for e in zoo.list_models(include_unavailable=args.all):
+        where = "bundled" if e.bundled else (e.url or "")
+        print(f"{e.name:24s} {e.architecture:6s} {e.description}  [{where}]")
+    return 0
