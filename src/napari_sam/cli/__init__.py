@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "embed": "embed",
     "segment": "segment",
     "train": "train",
+    "sample": "sample",
 }
 
 
