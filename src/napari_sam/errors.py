@@ -45,3 +45,26 @@ class DeviceError(NapariSamError, ValueError):
 
 class CacheError(NapariSamError, OSError):
     """The embedding cache cannot be read or written."""
+
+
+class TrainingError(NapariSamError, ValueError):
+    """Training data or settings are unusable (no objects, mismatched shapes, output exists, ...)."""
+
+
+class OutputExistsError(NapariSamError, FileExistsError):
+    """An output path already holds data that a run would overwrite (pass overwrite=True / --overwrite)."""
+
+
+class BatchWriteError(NapariSamError, OSError):
+    """Writing a batch result failed part-way; ``done_slices`` lists the slices that are intact."""
+
+    def __init__(self, message: str, done_slices: list[int] | tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.done_slices = list(done_slices)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidParameterError(NapariSamError, ValueError):
+    """A setting has an invalid value or combination (e.g. automatic segmentation options)."""

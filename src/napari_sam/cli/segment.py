@@ -1,0 +1,78 @@
+"""``napari-sam segment``: automatic 3D instance segmentation of a whole z-stack.
+
+Every slice is segmented (SAM automatic mask generation), written as soon as it
+is done, and the 2D instances are linked across z into 3D labels. An
+interrupted run resumes when started again with the same arguments (see
+:mod:`napari_sam.engine.batch`). A 2D image is treated as a stack of one slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "segment",
+        help="segment every object of a z-stack (TIFF or zarr) into 3D labels",
+        description=(
+            "Automatic instance segmentation of every slice of a (Z, H, W) stack, linked across z into 3D "
+            "labels. Output: .tif/.tiff or .zarr (a group with 'labels'). Re-running the same command after an "
+            "interruption resumes it; an existing finished output is refused unless --overwrite."
+        ),
+    )
+    p.add_argument("input", help="input stack: .tif/.tiff file or .zarr array/group; 2D = one slice")
+    p.add_argument("--out", required=True, help="output labels: .tif/.tiff or .zarr")
+    p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
+    p.add_argument("--tile", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
+                   help="segment large slices in tiles of ROWS x COLS pixels")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run slices on a Dask cluster (e.g. tcp://host:8786); the output must be on shared storage")
+    p.add_argument("--points-per-side", type=int, default=32, help="prompt grid of the automatic segmentation")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
+    p.add_argument("--min-area", type=int, default=0, help="remove mask islands/holes smaller than this (px)")
+    p.add_argument("--link-iou", type=float, default=0.3,
+                   help="minimum IoU with the previous slice for an instance to continue a 3D object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..engine.batch import segment_stack
+    from ..engine.progress import run_blocking
+    from ..errors import BatchWriteError, InvalidPromptError
+
+    if args.points_per_side < 1:
+        raise InvalidPromptError(f"--points-per-side must be >= 1; got {args.points_per_side}.")
+    if args.tile is not None and min(args.tile) < 1:
+        raise InvalidPromptError(f"--tile sizes must be positive; got {args.tile}.")
+    if not 0 < args.link_iou <= 1:
+        raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
+    client = None
+    if args.scheduler:
+        from ..engine.distributed import connect
+
+        client = connect(args.scheduler)
+    try:
+        gen = segment_stack(
+            args.input, args.out, model=args.model, tile=args.tile, device=args.device, precision=args.precision,
+            overwrite=args.overwrite, client=client, points_per_side=args.points_per_side,
+            pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+            min_mask_region_area=args.min_area, iou_threshold=args.link_iou,
+        )
+        result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam segment")
+    except BatchWriteError as e:
+        print(f"napari-sam: error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if client is not None:
+            client.close()
+    resumed = f" ({result.resumed_slices} slices kept from an earlier run)" if result.resumed_slices else ""
+    print(f"{result.n_objects} objects in {result.n_slices} slices -> {result.path}{resumed}")
+    return 0

@@ -1,0 +1,168 @@
+"""Dock widget for batch runs: segment every slice of an image layer into 3D labels.
+
+Runs :func:`napari_sam.engine.batch.segment_stack` in a napari worker (progress
+bar in the activity dock, cancel between slices), writes slice by slice into a
+zarr output (resumable: running the same job again on the same output picks
+up where it stopped), and adds the result as a Labels layer backed by the
+zarr array (not loaded into memory).
+
+Nothing here imports torchvision (the model is loaded inside the worker).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+
+from ..errors import NapariSamError
+from .workers import Job, start_generator_job
+
+FROM_FILE = "from file..."
+
+
+class BatchWidget(Container):
+    """Segment a whole stack (or a 2D image, as one slice) with SAM automatic masks.
+
+    ``segment_slice``: optional ``(image) -> labels`` callable used instead of SAM
+    (scripts and tests); None means the chosen model.
+    """
+
+    def __init__(self, napari_viewer: Any, segment_slice: Any = None) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.segment_slice = segment_slice
+        self._job: Job | None = None
+        self.last_result: Any = None
+
+        self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
+        self._points = SpinBox(label="points per side", min=1, max=128, value=32)
+        self._output = FileEdit(label="output (.zarr/.tif)", mode="w", filter="*.zarr *.tif *.tiff")
+        self._overwrite = CheckBox(text="overwrite existing output", value=False)
+        self._run = PushButton(text="Segment stack")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(label="status", value="pick an image")
+        self.extend([self._image, self._model, self._model_file, self._points, self._output, self._overwrite,
+                     self._run, self._cancel, self._status])
+
+        self._select_default_model()
+        self._model.changed.connect(lambda v: setattr(self._model_file, "visible", v == FROM_FILE))
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_images)
+        self._refresh_images()
+
+    # ---- choices ------------------------------------------------------------------------------
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, _event=None) -> None:
+        self._image.reset_choices()
+        if self._image.value is None and self._image.choices:
+            self._image.value = self._image.choices[-1]
+
+    def _model_choices(self, _widget=None) -> list[str]:
+        from ..engine.zoo import list_models
+
+        return [e.name for e in list_models()] + [FROM_FILE]
+
+    def _select_default_model(self) -> None:
+        from ..engine.zoo import default_model_name
+
+        try:
+            name = default_model_name()
+        except NapariSamError:  # no bundled model: leave the first entry
+            return
+        if name in self._model.choices:
+            self._model.value = name
+
+    def _model_spec(self) -> str | None:
+        if self._model.value == FROM_FILE:
+            path = str(self._model_file.value or "")
+            if not path or not Path(path).is_file():
+                raise NapariSamError("Choose a checkpoint file for 'model: from file...'.")
+            return path
+        return self._model.value
+
+    def _output_path(self, layer) -> Path:
+        value = self._output.value
+        if value and str(value) not in ("", "."):
+            return Path(value)
+        out = Path(tempfile.mkdtemp(prefix="napari-sam-")) / f"{layer.name}_labels.zarr"
+        self._output.value = out
+        return out
+
+    # ---- actions ------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._job is not None and self._job.running
+
+    def run(self, _=None) -> Job | None:
+        """Start the batch job on the chosen image; returns the job (None when nothing could start)."""
+        from ..engine.batch import segment_stack
+
+        if self.running:
+            return self._job
+        layer = self._image.value
+        if layer is None:
+            self._status.value = "pick an image layer first"
+            return None
+        if layer.ndim not in (2, 3):
+            self._status.value = f"image has {layer.ndim} dimensions; expected a 2D image or a (Z, Y, X) stack"
+            return None
+        data = layer.data[0] if layer.multiscale else layer.data
+        try:
+            output = self._output_path(layer)
+            model = None if self.segment_slice is not None else self._model_spec()
+        except NapariSamError as e:
+            self._status.value = str(e)
+            return None
+        self.last_result = None
+        self._status.value = f"segmenting {layer.name} -> {output}"
+        self._run.enabled, self._cancel.enabled = False, True
+
+        def make_gen():
+            return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),
+                                 segment_slice=self.segment_slice, points_per_side=int(self._points.value))
+
+        self._job = start_generator_job(
+            make_gen, description=f"napari-sam: segmenting {layer.name}",
+            on_return=lambda result: self._show(result, layer), on_error=self._error, on_finish=self._finished,
+        )
+        return self._job
+
+    def cancel(self, _=None) -> None:
+        """Stop after the current slice; finished slices stay in the output (run again to resume)."""
+        if self._job is not None:
+            self._job.cancel()
+            self._status.value = "cancelled: finished slices are kept; run again to resume"
+
+    def _show(self, result, layer) -> None:
+        if result is None:
+            return
+        from ..engine.batch import open_labels
+
+        self.last_result = result
+        labels = open_labels(result.path)
+        if labels.shape[0] == 1 and layer.ndim == 2:
+            labels = labels[0]  # a 2D image was run as a single slice
+        self._viewer.add_labels(labels, name=f"{layer.name} labels", scale=layer.scale[: labels.ndim],
+                                translate=layer.translate[: labels.ndim])
+        resumed = f", {result.resumed_slices} slices resumed" if result.resumed_slices else ""
+        self._status.value = f"{result.n_objects} objects in {result.n_slices} slices{resumed}"
+
+    def _error(self, e: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"error: {e}"
+        show_error(f"napari-sam batch: {e}")
+
+    def _finished(self) -> None:
+        self._run.enabled, self._cancel.enabled = True, False

@@ -1,0 +1,140 @@
+"""The ``napari-sam segment`` command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_sam.cli import main
+from napari_sam.engine import slice_segmenter
+from napari_sam.engine.batch import open_labels
+from napari_sam.engine.slice_segmenter import otsu_labels
+
+
+def _stack(n_z=4, shape=(40, 48)):
+    from skimage.draw import disk
+
+    truth = np.zeros((n_z, *shape), np.int32)
+    for z in range(n_z):
+        truth[z][disk((12 + z, 12), 7, shape=shape)] = 1
+        truth[z][disk((26, 34 - z), 8, shape=shape)] = 2
+    img = (truth > 0) * 1500 + 200 + np.random.default_rng(0).normal(0, 10, truth.shape)
+    return img.astype(np.uint16), truth
+
+
+@pytest.fixture()
+def otsu_model(monkeypatch):
+    """Make the default SAM slice segmenter a classical one (fast; the command's plumbing is under test)."""
+    built = []
+
+    def build(self):
+        built.append(self)
+        return otsu_labels
+
+    monkeypatch.setattr(slice_segmenter.SliceSegmenterSpec, "build", build)
+    slice_segmenter._CACHE.clear()
+    yield built
+    slice_segmenter._CACHE.clear()
+
+
+def test_tiff_in_tiff_out(tmp_path, otsu_model, capsys):
+    img, truth = _stack()
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif"), "--points-per-side", "8",
+               "--quiet"])
+    assert rc == 0
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.shape == truth.shape and out.dtype == np.int32 and len(np.unique(out)) == 3
+    assert "2 objects in 4 slices" in capsys.readouterr().out
+    assert otsu_model[0].points_per_side == 8 and otsu_model[0].intensity_limits is not None
+
+
+def test_zarr_in_zarr_out_2d_and_tile(tmp_path, otsu_model):
+    img, _ = _stack(1)
+    zarr.save_array(str(tmp_path / "in.zarr"), img[0])
+    rc = main(["segment", str(tmp_path / "in.zarr"), "--out", str(tmp_path / "o.zarr"), "--tile", "64", "64",
+               "--quiet"])
+    assert rc == 0
+    labels = open_labels(tmp_path / "o.zarr")
+    assert labels.shape == (1, 40, 48) and int(np.asarray(labels).max()) == 2
+    assert otsu_model[0].tile == (64, 64)
+
+
+def test_existing_output_refused_and_overwrite(tmp_path, otsu_model, capsys):
+    img, _ = _stack(2)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypatch):
+    img, _ = _stack(4)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
+    from napari_sam.engine import batch
+
+    real = batch.write_slice
+
+    def crash(group_path, z, labels):
+        if z == 2:
+            raise KeyboardInterrupt
+        real(group_path, z, labels)
+
+    monkeypatch.setattr(batch, "write_slice", crash)
+    assert main(args) == 130
+    monkeypatch.setattr(batch, "write_slice", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 slices kept from an earlier run" in capsys.readouterr().out
+    # a different job (other settings) on the unfinished output would be refused, not mixed
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert list(g["done"][:]) == [1, 1, 1, 1]
+
+
+def test_bad_arguments(tmp_path, otsu_model, capsys):
+    assert main(["segment", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "o.tif")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    img, _ = _stack(1)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.png")]) == 2
+    assert ".zarr, .tif" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"),
+                 "--points-per-side", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["segment", str(tmp_path / "in.tif")])  # --out is required
+
+
+def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeypatch):
+    from napari_sam.engine import batch
+    from napari_sam.errors import BatchWriteError
+
+    img, _ = _stack(3)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+
+    def failing(group_path, z, labels):
+        raise BatchWriteError(f"Writing slice {z} to {group_path} failed: read-only file system")
+
+    monkeypatch.setattr(batch, "write_slice", failing)
+    rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "read-only" in err and "intact: none" in err
+
+
+def test_real_tiny_model(tmp_path, tiny_checkpoint, capsys):
+    pytest.importorskip("napari_sam.engine.amg")
+    img, _ = _stack(2)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"), "--model", tiny_checkpoint,
+               "--device", "cpu", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
+               "0", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    out = tifffile.imread(tmp_path / "o.tif")
+    assert out.shape == (2, 40, 48) and out.dtype == np.int32
