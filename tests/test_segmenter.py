@@ -68,3 +68,22 @@ def test_bad_input(tiny_model):
         seg.segment(points=[(1, 2, 3)])
     with pytest.raises(InvalidPromptError):
         seg.segment(box=(1, 2, 3))
+
+
+def test_tiling_keywords_keep_the_positional_api(tiny_model):
+    seg = Segmenter(tiny_model, None, None, None, 4, tile_shape=64, halo=8)
+    seg.set_image(np.zeros((2, 100, 100), np.uint8))
+    assert seg.tile_grid.grid_shape == (2, 2) and seg.tile_grid.halo == (8, 8)
+    assert seg.cache_size == 4 and not seg.store.persistent
+    default = Segmenter(tiny_model)  # default tile = the model's input size (256), halo one eighth
+    default.set_image(np.zeros((300, 100), np.uint8))
+    assert default.tile_grid.tile_shape == (256, 256) and default.tile_grid.halo == (32, 32)
+    assert default.tile_grid.grid_shape == (2, 1)
+    assert [t.shape for t in default.tile_grid] == [(256, 100), (256, 100)]
+    default.set_tiling("full")
+    assert len(default.tile_grid) == 1
+    with pytest.raises(InvalidImageError, match="twice the halo"):
+        default.set_tiling(16, halo=8)
+    assert len(default.tile_grid) == 1  # a rejected setting changes nothing
+    with pytest.raises(InvalidImageError, match="rgb=True"):
+        default.set_image(np.zeros((30, 30), np.uint8), rgb=True)

@@ -1,9 +1,10 @@
 """``Segmenter``: a viewer-free scripting API in napari's (row, col) order.
 
 It holds one model and one image (2D, or nD with 2D slices), computes slice
-embeddings on demand and keeps them in an in-memory LRU, and answers prompts
-given as napari-order coordinates. It is what the napari widget drives, and
-what users call from the console, notebooks and clusters::
+embeddings on demand and keeps them in an in-memory LRU (optionally backed by
+a persistent zarr cache on disk), and answers prompts given as napari-order
+coordinates. It is what the napari widget drives, and what users call from the
+console, notebooks and clusters::
 
     seg = Segmenter()                        # the default model, best device
     seg.set_image(stack)                     # (Z, Y, X) numpy / dask / zarr
@@ -12,11 +13,28 @@ what users call from the console, notebooks and clusters::
 Coordinates: ``points`` are (row, col) pixels of the 2D slice; ``box`` is
 (row0, col0, row1, col1). The engine's :class:`SamPredictor` uses SAM's
 (x, y) order; the flip happens in :func:`napari_sam.model.transforms.rowcol_to_xy`.
+
+Large slices are embedded tile by tile (:mod:`napari_sam.engine.tiling`):
+each tile's crop is embedded on its own, normalised with the whole image's
+intensity limits. A prompt is answered by the single tile that holds it
+(:meth:`TileGrid.best_tile`) when there is one: the result is exactly what
+embedding that crop alone would give, placed back into the slice. A prompt
+that spans tiles (a box over a tile border, positive points in different
+tiles) is predicted in every tile whose inner region meets the extent of the
+positive points and the box; each such tile gets the points that lie inside
+its crop (halo included) and the box clipped to its crop, and is skipped when
+that leaves it no positive point and no box. The parts are merged into one
+object: candidate ``k`` of the result is the union over tiles of each tile's
+candidate ``k`` restricted to that tile's inner region; its score is the mean
+of the tiles' scores weighted by those parts' areas. Such merged predictions
+have ``logits=None`` and ``tile=None`` (there is no single low-res frame to
+feed back); single-tile predictions return the tile's low-res logits and its
+grid index in ``Prediction.tile``; pass both back (``mask_input=``, ``tile=``)
+to refine.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +43,14 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidPromptError
 from ..model.transforms import rowcol_to_xy
+from .embedding_store import EmbeddingStore
 from .normalize import intensity_range
 from .predictor import Embedding, SamPredictor
 from .progress import Progress, run_blocking
+from .prompts import check_box, check_points
+from .tiling import Tile, TileGrid, check_tiling
+
+FULL_SLICE_SAMPLE_PIXELS = 4_000_000  # above this many pixels per slice, intensity limits use windows
 
 
 @dataclass(frozen=True)
@@ -35,14 +58,18 @@ class Prediction:
     """Masks for one prompt set on one 2D slice.
 
     Attributes:
-        masks: (M, H, W) bool candidate masks (M = 3 with multimask, else 1).
+        masks: (M, H, W) bool candidate masks of the whole slice (M = 3 with multimask, else 1).
         scores: (M,) float predicted IoU of each candidate.
-        logits: (M, h, w) float32 low-resolution logits (feed one back as ``mask_input``).
+        logits: (M, h, w) float32 low-resolution logits (feed one back as ``mask_input``);
+            for a tiled slice these are in the frame of tile ``tile``, and ``None``
+            when the prediction was merged from several tiles.
+        tile: (grid_row, grid_col) of the tile that answered, ``None`` for merged predictions.
     """
 
     masks: np.ndarray
     scores: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
+    tile: tuple[int, int] | None = None
 
     @property
     def best(self) -> int:
@@ -52,6 +79,19 @@ class Prediction:
     @property
     def best_mask(self) -> np.ndarray:
         return self.masks[self.best]
+
+
+@dataclass(frozen=True)
+class TiledEmbedding:
+    """The embeddings of all tiles of one slice.
+
+    Attributes:
+        grid: the slice's :class:`TileGrid`.
+        tiles: one :class:`Embedding` per tile, in ``grid.tiles`` order.
+    """
+
+    grid: TileGrid
+    tiles: tuple[Embedding, ...]
 
 
 def _resolve_model(model: Any, device, precision):
@@ -66,8 +106,27 @@ def _resolve_model(model: Any, device, precision):
     return model
 
 
+def _level0(image: Any) -> Any:
+    """napari multiscale data (a list/tuple of arrays, largest first) -> the full-resolution array."""
+    if isinstance(image, (list, tuple)) and image and all(hasattr(a, "shape") for a in image):
+        return image[0]
+    return image
+
+
+def _points_in_crop(pts: np.ndarray, tile: Tile) -> np.ndarray:
+    """(N,) bool: which (row, col) points lie in the tile's crop (pixel extents, centres at integers)."""
+    (r0, r1), (c0, c1) = tile.outer
+    return (pts[:, 0] >= r0 - 0.5) & (pts[:, 0] <= r1 - 0.5) & (pts[:, 1] >= c0 - 0.5) & (pts[:, 1] <= c1 - 0.5)
+
+
+def _box_meets_crop(box: np.ndarray, tile: Tile) -> bool:
+    """Whether a (row0, col0, row1, col1) box overlaps the tile's crop."""
+    (r0, r1), (c0, c1) = tile.outer
+    return bool(box[0] <= r1 - 0.5 and box[2] >= r0 - 0.5 and box[1] <= c1 - 0.5 and box[3] >= c0 - 0.5)
+
+
 class Segmenter:
-    """Prompt-based segmentation of 2D images and nD stacks, slice by slice.
+    """Prompt-based segmentation of 2D images and nD stacks, slice by slice, tile by tile.
 
     Args:
         model: a zoo name (e.g. ``"vit_b"``), a checkpoint path, a built ``Sam``,
@@ -76,7 +135,16 @@ class Segmenter:
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``None`` (device default).
         rgb: whether the last axis of images holds colour channels; ``None``
             guesses (last axis of length 3 or 4 on a >= 3D array).
-        cache_size: how many slice embeddings to keep in memory.
+        cache_size: how many slice embeddings (all tiles of a slice) to keep in memory.
+        tile_shape: (rows, cols) of a tile, an int for square tiles, ``None`` for the
+            model's input size (e.g. 1024 for vit_b), or ``"full"`` to never tile
+            (the whole slice is downscaled into one embedding). Slices no larger than
+            the tile shape are embedded whole either way.
+        halo: (rows, cols) of overlap context around each tile's inner region, or an
+            int; ``None`` is one eighth of the tile shape.
+        cache_dir: folder of a persistent zarr embedding cache, or ``None`` (memory only).
+            See :mod:`napari_sam.engine.embedding_store`.
+        cache_bytes: bound of the in-memory cache in bytes (overrides ``cache_size``).
     """
 
     def __init__(
@@ -86,23 +154,85 @@ class Segmenter:
         precision: str | None = None,
         rgb: bool | None = None,
         cache_size: int = 16,
+        *,
+        tile_shape: Any = None,
+        halo: Any = None,
+        cache_dir: Any = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.model = _resolve_model(model, device, precision)
         self.predictor = SamPredictor(self.model, precision=precision)
         self.rgb = rgb
         self.cache_size = int(cache_size)
-        self._embeddings: OrderedDict[tuple[int, ...], Embedding] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self._tile_setting = tile_shape
+        self._halo_setting = halo
+        self._validate_tiling_setting()
+        self.store = EmbeddingStore(cache_dir, max_memory_bytes=self._memory_bound(1))
         self._image = None
+        self._image_id: str | None = None
         self._limits: tuple[float, float] | None = None
         self._is_rgb = False
+        self._grid: TileGrid | None = None
+        self._store_bound = False
+
+    # ---- configuration -----------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        """The model's square input size in pixels (the default tile side)."""
+        return int(self.model.image_encoder.img_size)
+
+    def _tiling_for(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        tile = self._tile_setting
+        if isinstance(tile, str):
+            tile = hw
+        elif tile is None:
+            tile = (self.input_size, self.input_size)
+        halo = self._halo_setting
+        if halo is None:
+            t = tile if not np.isscalar(tile) else (tile, tile)
+            halo = (int(t[0]) // 8, int(t[1]) // 8)
+        return check_tiling(tile, halo)
+
+    def _validate_tiling_setting(self) -> None:
+        if isinstance(self._tile_setting, str) and self._tile_setting != "full":
+            raise InvalidImageError(
+                f"tile_shape must be (rows, cols), an int, None or 'full'; got {self._tile_setting!r}."
+            )
+        self._tiling_for((self.input_size, self.input_size))
+
+    def set_tiling(self, tile_shape: Any = None, halo: Any = None) -> None:
+        """Change the tile shape and halo (see the class arguments); forgets embeddings in memory."""
+        old = (self._tile_setting, self._halo_setting)
+        self._tile_setting, self._halo_setting = tile_shape, halo
+        try:
+            self._validate_tiling_setting()
+        except InvalidImageError:
+            self._tile_setting, self._halo_setting = old
+            raise
+        if self._image is not None:
+            self._setup_grid()
+
+    def _memory_bound(self, n_tiles: int) -> int:
+        if self.cache_bytes is not None:
+            return int(self.cache_bytes)
+        pe = self.model.prompt_encoder
+        per_tile = int(pe.embed_dim) * int(np.prod(pe.image_embedding_size)) * 4
+        return max(1, self.cache_size) * max(1, n_tiles) * per_tile
 
     # ---- image -------------------------------------------------------------------------------
-    def set_image(self, image: Any, rgb: bool | None = None) -> None:
+    def set_image(self, image: Any, rgb: bool | None = None, image_id: str | None = None) -> None:
         """Use ``image``: (..., H, W) or (..., H, W, C) numpy, dask or zarr array.
 
-        Nothing is read or embedded yet; intensity limits for non-uint8 data
-        are computed once over the whole array (sampled) on first use.
+        A list/tuple of arrays (napari multiscale data) means its first, full-resolution level.
+        Nothing is read or embedded yet; intensity limits for non-uint8 data are
+        computed once over the whole array (sampled) on first use.
+
+        Args:
+            image_id: identity of the data for the disk cache; by default a fingerprint
+                of sampled pixels, shape and dtype (:func:`~napari_sam.engine.fingerprint.image_fingerprint`).
         """
+        image = _level0(image)
         shape = tuple(getattr(image, "shape", ()))
         if len(shape) < 2:
             raise InvalidImageError(f"Image of shape {shape} has fewer than 2 dimensions; expected at least (H, W).")
@@ -113,17 +243,34 @@ class Segmenter:
             rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
         if rgb and shape[-1] not in (3, 4):
             raise InvalidImageError(f"rgb=True but the last axis has length {shape[-1]} (expected 3 or 4).")
+        if rgb and len(shape) < 3:
+            raise InvalidImageError(f"rgb=True needs (..., H, W, C) data; got shape {shape}.")
         self._image = image
         self._is_rgb = bool(rgb)
+        self._image_id = image_id
         self._limits = None
-        self._embeddings.clear()
         self.predictor.reset_image()
+        self._setup_grid()
+
+    def _setup_grid(self) -> None:
+        tile, halo = self._tiling_for(self.spatial_shape)
+        self._grid = TileGrid(self.spatial_shape, tile, halo)
+        self.store.max_memory_bytes = self._memory_bound(len(self._grid))
+        self.store.clear_memory()
+        self._store_bound = False
 
     @property
     def image(self) -> Any:
         if self._image is None:
             raise InvalidImageError("No image is set: call set_image() first.")
         return self._image
+
+    @property
+    def tile_grid(self) -> TileGrid:
+        """The :class:`TileGrid` of one slice (a single tile when the slice fits the tile shape)."""
+        if self._grid is None:
+            raise InvalidImageError("No image is set: call set_image() first.")
+        return self._grid
 
     @property
     def spatial_shape(self) -> tuple[int, int]:
@@ -136,6 +283,11 @@ class Segmenter:
         """Shape of the non-spatial (slice) axes, e.g. (Z,) for a z-stack, () for 2D."""
         shape = self.image.shape
         return tuple(shape[:-3]) if self._is_rgb else tuple(shape[:-2])
+
+    @property
+    def n_slices(self) -> int:
+        lead = self.leading_shape
+        return int(np.prod(lead)) if lead else 1
 
     def _slice_key(self, slice_index: int | Sequence[int] | None) -> tuple[int, ...]:
         lead = self.leading_shape
@@ -150,6 +302,9 @@ class Segmenter:
             raise InvalidPromptError(f"slice_index {slice_index} is not valid for slice axes of shape {lead}.")
         return key
 
+    def _flat(self, key: tuple[int, ...]) -> int:
+        return int(np.ravel_multi_index(key, self.leading_shape)) if key else 0
+
     def intensity_limits(self) -> tuple[float, float] | None:
         """(low, high) normalisation limits for the whole image (None for uint8)."""
         if np.dtype(self.image.dtype) == np.uint8:
@@ -159,45 +314,206 @@ class Segmenter:
         return self._limits
 
     def _sample_for_limits(self, max_slices: int = 8) -> np.ndarray:
+        """Pixels for the intensity limits: up to ``max_slices`` slices; big slices by 16 windows each."""
         lead = self.leading_shape
-        n = int(np.prod(lead)) if lead else 1
+        n = self.n_slices
         picks = np.unique(np.linspace(0, n - 1, min(n, max_slices)).astype(int))
-        slices = [np.asarray(self.image[np.unravel_index(i, lead)] if lead else self.image) for i in picks]
-        return np.stack(slices)
+        h, w = self.spatial_shape
+        if h * w <= FULL_SLICE_SAMPLE_PIXELS:
+            windows = [(slice(None), slice(None))]
+        else:
+            size = 256
+            rows = np.linspace(0, max(0, h - size), 4).astype(int)
+            cols = np.linspace(0, max(0, w - size), 4).astype(int)
+            windows = [(slice(r, r + size), slice(c, c + size)) for r in rows for c in cols]
+        parts = []
+        for i in picks:
+            key = tuple(int(k) for k in np.unravel_index(i, lead)) if lead else ()
+            parts.extend(np.asarray(self.image[key + win]).reshape(-1) for win in windows)
+        return np.concatenate(parts)
 
     def read_slice(self, slice_index: int | Sequence[int] | None = None) -> np.ndarray:
         """The 2D slice (H, W) or (H, W, C) as a numpy array."""
         key = self._slice_key(slice_index)
         return np.asarray(self.image[key] if key else self.image)
 
-    # ---- embeddings --------------------------------------------------------------------------
-    def has_embedding(self, slice_index: int | Sequence[int] | None = None) -> bool:
-        return self._slice_key(slice_index) in self._embeddings
-
-    def embed(self, slice_index: int | Sequence[int] | None = None) -> Generator[Progress, None, Embedding]:
-        """Compute (or fetch) the embedding of one slice; a progress generator."""
+    def read_tile(self, slice_index: int | Sequence[int] | None, tile: Tile) -> np.ndarray:
+        """The crop of ``tile`` (rows, cols[, C]) of one slice; reads only that region."""
         key = self._slice_key(slice_index)
-        if key in self._embeddings:
-            self._embeddings.move_to_end(key)
-            return self._embeddings[key]
-        yield Progress(0, 1, f"embedding slice {key}" if key else "embedding image")
-        self.predictor.set_image(self.read_slice(slice_index), intensity_limits=self.intensity_limits())
+        return np.asarray(self.image[key + tile.outer_slices])
+
+    # ---- embeddings --------------------------------------------------------------------------
+    def _signature(self) -> dict:
+        from .fingerprint import image_fingerprint, model_fingerprint
+
+        image_id = self._image_id or image_fingerprint(self.image, spatial_ndim=3 if self._is_rgb else 2)
+        limits = self.intensity_limits()
+        g = self.tile_grid
+        return {
+            "image": image_id,
+            "shape": [int(s) for s in self.image.shape],
+            "dtype": np.dtype(self.image.dtype).str,
+            "rgb": self._is_rgb,
+            "model": str(getattr(self.model, "model_type", type(self.model).__name__)),
+            "weights": model_fingerprint(self.model),
+            "precision": str(self.predictor.precision),
+            "image_format": str(getattr(self.model, "image_format", "RGB")),
+            "intensity_limits": None if limits is None else [float(limits[0]), float(limits[1])],
+            "tile_shape": list(g.tile_shape),
+            "halo": list(g.halo),
+            "grid_shape": list(g.grid_shape),
+        }
+
+    def _bind_store(self) -> EmbeddingStore:
+        if not self._store_bound:
+            g = self.tile_grid
+            pe = self.model.prompt_encoder
+            tile_hw = g.tiles[0].shape
+            scale = self.input_size / max(tile_hw)
+            input_size = (int(tile_hw[0] * scale + 0.5), int(tile_hw[1] * scale + 0.5))
+            if self.store.cache_dir is not None:
+                signature = self._signature()
+            else:
+                signature = {}
+            self.store.open(
+                signature,
+                n_slices=self.n_slices,
+                n_tiles=len(g),
+                feature_shape=(int(pe.embed_dim), *map(int, pe.image_embedding_size)),
+                original_size=tile_hw,
+                input_size=input_size,
+                extra_attrs={"tile_grid": g.describe()},
+            )
+            self._store_bound = True
+        return self.store
+
+    def cache_info(self) -> dict:
+        """Where the embeddings live: the disk group (or None), memory use and entry counts."""
+        return self._bind_store().info()
+
+    def _has_tile(self, key: tuple[int, ...], tile: Tile) -> bool:
+        return self._bind_store().contains(self._flat(key), self.tile_grid.flat_index(tile.index))
+
+    def has_embedding(self, slice_index: int | Sequence[int] | None = None) -> bool:
+        """Whether every tile of the slice is embedded (in memory or complete in the disk cache)."""
+        key = self._slice_key(slice_index)
+        return all(self._has_tile(key, t) for t in self.tile_grid)
+
+    def _compute_tile(self, key: tuple[int, ...], tile: Tile) -> Embedding:
+        crop = np.asarray(self.image[key + tile.outer_slices])
+        self.predictor.set_image(crop, intensity_limits=self.intensity_limits())
         emb = self.predictor.get_embedding()
-        self._remember(key, emb)
-        yield Progress(1, 1, "embedded")
-        return emb
+        return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb)
 
-    def _remember(self, key: tuple[int, ...], emb: Embedding) -> None:
-        self._embeddings[key] = emb
-        self._embeddings.move_to_end(key)
-        while len(self._embeddings) > max(1, self.cache_size):
-            self._embeddings.popitem(last=False)
+    def tile_embedding(self, slice_index: int | Sequence[int] | None, tile: Tile) -> Embedding:
+        """The embedding of one tile of one slice (from the caches, or computed now)."""
+        key = self._slice_key(slice_index)
+        emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index))
+        return emb if emb is not None else self._compute_tile(key, tile)
 
-    def ensure_embedding(self, slice_index: int | Sequence[int] | None = None) -> Embedding:
+    def embed(
+        self, slice_index: int | Sequence[int] | None = None
+    ) -> Generator[Progress, None, Embedding | TiledEmbedding]:
+        """Compute (or fetch) the embedding of one slice; a progress generator (one step per tile).
+
+        Returns an :class:`Embedding` for an untiled slice, a :class:`TiledEmbedding` otherwise.
+        """
+        key = self._slice_key(slice_index)
+        grid = self.tile_grid
+        store = self._bind_store()
+        out: list[Embedding] = []
+        label = f"slice {key}" if key else "image"
+        for i, tile in enumerate(grid):
+            emb = store.get(self._flat(key), i)
+            if emb is None:
+                yield Progress(i, len(grid), f"embedding {label}" + (f" tile {tile.index}" if len(grid) > 1 else ""))
+                emb = self._compute_tile(key, tile)
+            out.append(emb)
+        yield Progress(len(grid), len(grid), "embedded")
+        return out[0] if len(grid) == 1 else TiledEmbedding(grid, tuple(out))
+
+    def ensure_embedding(self, slice_index: int | Sequence[int] | None = None) -> Embedding | TiledEmbedding:
         """Blocking :meth:`embed`."""
         return run_blocking(self.embed(slice_index))
 
+    def precompute(
+        self, slice_indices: Sequence[int | Sequence[int]] | None = None
+    ) -> Generator[Progress, None, int]:
+        """Embed every tile of the given slices (default: all); a progress generator.
+
+        Entries already in the caches are skipped, so an interrupted run resumes.
+        Closing the generator cancels; every tile finished so far is kept (on disk
+        when a ``cache_dir`` is set). Returns the number of tile embeddings computed.
+        """
+        lead = self.leading_shape
+        if slice_indices is None:
+            keys = [tuple(int(k) for k in np.unravel_index(i, lead)) if lead else () for i in range(self.n_slices)]
+        else:
+            keys = [self._slice_key(s) for s in slice_indices]
+        grid = self.tile_grid
+        store = self._bind_store()
+        on_disk = store.complete_mask()
+        total = len(keys) * len(grid)
+        done = computed = 0
+        yield Progress(0, total, "precomputing embeddings")
+        for key in keys:
+            flat = self._flat(key)
+            for i, tile in enumerate(grid):
+                cached = store.in_memory(flat, i) or (on_disk is not None and bool(on_disk[flat, i]))
+                if not cached:
+                    self._compute_tile(key, tile)
+                    computed += 1
+                done += 1
+                if not cached or done == total:
+                    yield Progress(done, total, f"slice {key}" if key else "image")
+        return computed
+
     # ---- prompts -----------------------------------------------------------------------------
+    def _parse_prompts(self, points, labels, box):
+        """-> (points (N, 2) row/col float64 or None, labels (N,) int64 or None, box (4,) row/col or None)."""
+        h, w = self.spatial_shape
+        pts = lab = bx = None
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float64)
+            if pts.ndim == 1 and pts.shape == (2,):
+                pts = pts[None]
+            if pts.ndim != 2 or pts.shape[-1] != 2:
+                raise InvalidPromptError(f"points must have shape (N, 2) as (row, col); got {pts.shape}.")
+            if labels is None:
+                labels = np.ones(len(pts), dtype=np.int64)
+            xy, lab = check_points(rowcol_to_xy(pts), np.asarray(labels), (h, w))
+            pts = rowcol_to_xy(xy)
+        elif labels is not None:
+            raise InvalidPromptError("labels were given without points.")
+        if box is not None:
+            b = np.asarray(box, dtype=np.float64)
+            if b.shape != (4,):
+                raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
+            xyb = check_box(np.array([b[1], b[0], b[3], b[2]]), (h, w))[0]
+            bx = np.array([xyb[1], xyb[0], xyb[3], xyb[2]])
+        return pts, lab, bx
+
+    def _predict_tile(self, key, tile: Tile, pts, lab, bx, mask_input, multimask: bool):
+        """Predict inside one tile with prompts in slice (row, col); returns tile-frame masks, scores, logits."""
+        emb = self.tile_embedding(key, tile)
+        self.predictor.set_embedding(emb)
+        r0, c0 = tile.origin
+        th, tw = tile.shape
+        coords = tl = xy_box = None
+        if pts is not None:
+            inside = _points_in_crop(pts, tile)
+            if inside.any():
+                coords = rowcol_to_xy(pts[inside] - (r0, c0))
+                tl = lab[inside]
+        if bx is not None:
+            b = bx - (r0, c0, r0, c0)
+            b = np.array([np.clip(b[0], -0.5, th - 0.5), np.clip(b[1], -0.5, tw - 0.5),
+                          np.clip(b[2], -0.5, th - 0.5), np.clip(b[3], -0.5, tw - 0.5)])
+            xy_box = np.array([b[1], b[0], b[3], b[2]])
+        return self.predictor.predict(
+            point_coords=coords, point_labels=tl, box=xy_box, mask_input=mask_input, multimask_output=multimask
+        )
+
     def predict(
         self,
         points: Sequence[Sequence[float]] | np.ndarray | None = None,
@@ -206,6 +522,7 @@ class Segmenter:
         mask_input: np.ndarray | None = None,
         slice_index: int | Sequence[int] | None = None,
         multimask: bool = True,
+        tile: tuple[int, int] | None = None,
     ) -> Prediction:
         """Predict candidate masks for prompts in (row, col) order on one slice.
 
@@ -213,35 +530,84 @@ class Segmenter:
             points: (N, 2) (row, col).  labels: (N,) 1 positive / 0 negative
                 (default: all positive).  box: (row0, col0, row1, col1).
             mask_input: (h, w) or (1, h, w) low-res logits from a previous Prediction.
+            tile: on a tiled slice, the grid index of the tile to answer in (the
+                ``Prediction.tile`` the ``mask_input`` came from); default: routed.
+        Returns:
+            A :class:`Prediction` with (M, H, W) masks of the whole slice.
         """
-        emb = self.ensure_embedding(slice_index)
-        self.predictor.set_embedding(emb)
-        coords = None
-        if points is not None:
-            pts = np.asarray(points, dtype=np.float64)
-            if pts.ndim == 1 and pts.shape == (2,):
-                pts = pts[None]
-            if pts.ndim != 2 or pts.shape[-1] != 2:
-                raise InvalidPromptError(f"points must have shape (N, 2) as (row, col); got {pts.shape}.")
-            coords = rowcol_to_xy(pts)
-            if labels is None:
-                labels = np.ones(len(pts), dtype=np.int64)
-        elif labels is not None:
-            raise InvalidPromptError("labels were given without points.")
-        xy_box = None
-        if box is not None:
-            b = np.asarray(box, dtype=np.float64)
-            if b.shape != (4,):
-                raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
-            xy_box = np.array([b[1], b[0], b[3], b[2]])
-        masks, scores, logits = self.predictor.predict(
-            point_coords=coords,
-            point_labels=None if labels is None else np.asarray(labels),
-            box=xy_box,
-            mask_input=mask_input,
-            multimask_output=multimask,
-        )
-        return Prediction(masks, scores, logits)
+        key = self._slice_key(slice_index)
+        grid = self.tile_grid
+        pts, lab, bx = self._parse_prompts(points, labels, box)
+        if pts is None and bx is None and mask_input is None:
+            raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
+        h, w = self.spatial_shape
+        if len(grid) == 1:
+            chosen = grid.tiles[0]
+        elif tile is not None:
+            idx = tuple(int(i) for i in tile)
+            if not (0 <= idx[0] < grid.grid_shape[0] and 0 <= idx[1] < grid.grid_shape[1]):
+                raise InvalidPromptError(f"tile {tile} is not in the tile grid of shape {grid.grid_shape}.")
+            chosen = grid.tiles[grid.flat_index(idx)]
+        else:
+            extent = self._object_extent(pts, lab, bx)
+            if extent is None:
+                raise InvalidPromptError(
+                    "On a tiled image give at least one positive point or a box (or tile= with mask_input)."
+                )
+            chosen = grid.best_tile(extent)
+            if chosen is None:
+                if mask_input is not None:
+                    raise InvalidPromptError(
+                        "mask_input can only refine a prediction inside one tile, but these prompts span "
+                        "several tiles; leave out mask_input (merged predictions have no logits)."
+                    )
+                return self._predict_merged(key, grid, extent, pts, lab, bx, multimask)
+        masks, scores, logits = self._predict_tile(key, chosen, pts, lab, bx, mask_input, multimask)
+        if len(grid) > 1:
+            full = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
+            full[(slice(None), *chosen.outer_slices)] = masks
+            masks = full
+        return Prediction(masks, scores, logits, chosen.index)
+
+    @staticmethod
+    def _object_extent(pts, lab, bx):
+        """(lo, hi) (row, col) extent of the positive points and the box, or None."""
+        parts = []
+        if pts is not None and (lab == 1).any():
+            parts.append(pts[lab == 1])
+        if bx is not None:
+            parts.append(bx.reshape(2, 2))
+        if not parts:
+            return None
+        allp = np.concatenate(parts)
+        return allp.min(axis=0), allp.max(axis=0)
+
+    def _predict_merged(self, key, grid: TileGrid, extent, pts, lab, bx, multimask: bool) -> Prediction:
+        h, w = self.spatial_shape
+        masks_out = scores_sum = area_sum = None
+        for tile in grid.tiles_touching(extent):
+            has_pos = pts is not None and bool(((lab == 1) & _points_in_crop(pts, tile)).any())
+            has_box = bx is not None and _box_meets_crop(bx, tile)
+            if not (has_pos or has_box):
+                continue
+            masks, scores, _ = self._predict_tile(key, tile, pts, lab, bx if has_box else None, None, multimask)
+            if masks_out is None:
+                masks_out = np.zeros((masks.shape[0], h, w), dtype=bool)
+                scores_sum = np.zeros(masks.shape[0], np.float64)
+                area_sum = np.zeros(masks.shape[0], np.float64)
+                plain_sum = np.zeros(masks.shape[0], np.float64)
+                n_tiles = 0
+            part = masks[(slice(None), *tile.inner_in_crop)]
+            masks_out[(slice(None), *tile.inner_slices)] = part
+            area = part.reshape(part.shape[0], -1).sum(axis=1).astype(np.float64)
+            scores_sum += area * scores
+            area_sum += area
+            plain_sum += scores
+            n_tiles += 1
+        if masks_out is None:  # pragma: no cover - the extent always touches a tile holding a prompt
+            raise InvalidPromptError("The prompts fall in no tile of the image.")
+        scores = np.where(area_sum > 0, scores_sum / np.maximum(area_sum, 1), plain_sum / n_tiles)
+        return Prediction(masks_out, scores.astype(np.float32), None, None)
 
     def segment(
         self,
@@ -260,3 +626,6 @@ class Segmenter:
             n_points = 0 if points is None else len(np.atleast_2d(np.asarray(points)))
             multimask = n_points == 1 and box is None and mask_input is None
         return self.predict(points, labels, box, mask_input, slice_index, multimask).best_mask
+
+
+__all__ = ["Prediction", "Segmenter", "TiledEmbedding"]
