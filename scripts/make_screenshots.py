@@ -1,0 +1,119 @@
+"""Screenshots for docs/first-click.md and docs/scripting.md, from a real napari viewer.
+
+Run under a virtual display::
+
+    xvfb-run -a .venv/bin/python scripts/make_screenshots.py [--model tiny|vit_b|PATH] [--out docs/images]
+
+The model is the zoo default (the bundled 'tiny') unless ``--model`` names another;
+without any trained weights it falls back to a random-weight 'tiny' and says so
+in the status line (the masks are then meaningless, the interface is not).
+Work runs inline (NAPARI_SAM_SYNC=1) so every picture is deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _load(model_arg: str | None):
+    from napari_sam.engine import zoo
+    from napari_sam.errors import NapariSamError
+
+    try:
+        name = model_arg or zoo.default_model_name()
+        return zoo.load_model(name, device="cpu"), str(name)
+    except NapariSamError:
+        if model_arg:
+            raise
+    import torch
+
+    from napari_sam.model import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("tiny")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model, "tiny (RANDOM weights: masks not meaningful)"
+
+
+def _shot(viewer, out: Path, name: str) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):  # e.g. a PyQt5 deprecation note
+        toast.close()
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(str(out / name), canvas_only=False, flash=False)
+    print("wrote", out / name)
+
+
+def _click_target(truth: np.ndarray, label: int) -> tuple[float, float]:
+    rows, cols = np.nonzero(truth == label)
+    return float(np.median(rows)), float(np.median(cols))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default="docs/images")
+    args = ap.parse_args()
+    os.environ["NAPARI_SAM_SYNC"] = "1"
+    import warnings
+
+    for msg in ("System theme detection", "napari support for the PyQt5"):  # toasts over the canvas otherwise
+        warnings.filterwarnings("ignore", message=msg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, model_name = _load(args.model)  # before the viewer: no heavy import after the GL context
+
+    import napari
+
+    from napari_sam.samples import synthetic_cells, synthetic_stack
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    img, truth = synthetic_cells((256, 256), n_cells=12, seed=0)
+    viewer.add_image(img, name="nuclei", colormap="gray")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
+    widget.set_model(model, name=model_name)
+    ctl = widget.controller
+    _shot(viewer, out, "widget-opened.png")
+
+    ctl.add_point(_click_target(truth, 3))
+    _shot(viewer, out, "first-click.png")
+
+    ctl.add_point(_click_target(truth, 5), positive=False)
+    r, c = _click_target(truth, 3)
+    ctl.add_box((r - 25, c - 25, r + 25, c + 25))
+    _shot(viewer, out, "negative-click-and-box.png")
+
+    ctl.accept()
+    for lab in (1, 2, 5, 7):
+        ctl.add_point(_click_target(truth, lab))
+        ctl.accept()
+    viewer.layers.selection.active = ctl.target_layer
+    _shot(viewer, out, "accepted-labels.png")
+
+    stack, struth = synthetic_stack((16, 192, 192), n_cells=6, seed=0)
+    layer = viewer.add_image(stack, name="stack", colormap="gray")
+    for name in ("nuclei", "SAM labels"):
+        viewer.layers[name].visible = False
+    widget._image.value = layer
+    viewer.reset_view()
+    z = 8
+    viewer.dims.set_current_step(0, z)
+    ctl.add_point(_click_target(struth[z], int(np.bincount(struth[z].ravel())[1:].argmax()) + 1))
+    _shot(viewer, out, "stack-slice.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,598 @@
+"""``SamController``: click-to-segment state of one napari viewer (Qt-free).
+
+It holds the :class:`~napari_sam.engine.segmenter.Segmenter`, the current image
+layer, the prompt layers (Points clicks, Shapes boxes), the preview and target
+Labels layers, the chosen candidate and the undo/redo stacks. The dock widget
+drives it; so can the console::
+
+    from napari_sam.adapters import get_controller
+    ctl = get_controller(viewer)
+    ctl.set_image_layer(viewer.layers["cells"])
+    ctl.add_point((120, 80))          # (row, col) on the displayed slice
+    ctl.accept()                      # -> the new label id
+
+Threading: the controller never starts threads. Embedding a slice is offered
+as a progress generator (:meth:`embedding_job`) for the widget to run in a
+worker; a console call that needs an embedding computes it inline. Decoder
+predictions run on the calling (GUI) thread: ~25 ms for the tiny model,
+~150 ms for vit_b on a 2-thread CPU at 1024 px (benchmarks/bench_click.py); moving them to a
+worker would add latency and ordering problems for no gain at these sizes. A lock guards the
+Segmenter; a prediction that finds it busy (an embedding running) is deferred
+until the embedding finishes instead of waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..engine.progress import Progress, run_blocking
+from ..errors import ImageNotSetError, InvalidPromptError, NapariSamError
+from . import labels_io, layer_data, prompt_layers
+from .mask_prompt import mask_to_logits
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """What an embedding job returns: for which image generation and slice, and how long it took."""
+
+    generation: int
+    key: tuple[int, ...]
+    seconds: float
+
+
+class SamController:
+    """Click-to-segment session of one viewer. Get it with :func:`napari_sam.adapters.get_controller`.
+
+    Events (``self.events``, napari ``EmitterGroup``): ``status`` (message, level), ``preview``,
+    ``embedding_needed`` (key), ``committed`` (label_id), ``model_changed``, ``image_changed``.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        from napari.utils.events import EmitterGroup
+
+        viewer = layer_data.unwrap(viewer)
+        self._viewer_ref = weakref.ref(viewer)
+        self.events = EmitterGroup(
+            source=self,
+            status=None,
+            preview=None,
+            embedding_needed=None,
+            committed=None,
+            model_changed=None,
+            image_changed=None,
+        )
+        self.segmenter = None
+        self.model_name: str | None = None
+        self.image_layer = None
+        self.points_layer = None
+        self.boxes_layer = None
+        self.preview_layer = None
+        self._target_layer = None  # None: create one on first accept
+        self.overwrite = False
+        self.candidate = 0
+        self.prediction = None
+        self.last_embed_seconds: float | None = None
+        self.last_predict_seconds: float | None = None
+        self._pred_key: tuple[int, ...] | None = None
+        self._preview_key: tuple[int, ...] | None = None
+        self._undo: list[tuple[Any, labels_io.LabelDiff]] = []
+        self._redo: list[tuple[Any, labels_io.LabelDiff]] = []
+        self._edit: tuple | None = None  # (id, key, mask (H, W) bool, logits (1, h, w) or None, tile or None)
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._pending = False
+        self._muted = False
+        self._last_key: tuple[int, ...] | None = None
+        self._polarity: prompt_layers.PolarityClicks | None = None
+        viewer.dims.events.current_step.connect(self._on_step)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    # ---- basics ----------------------------------------------------------------------------------
+    @property
+    def viewer(self) -> Any:
+        v = self._viewer_ref()
+        if v is None:
+            raise NapariSamError("The viewer of this napari-sam controller has been closed.")
+        return v
+
+    def _status(self, message: str, level: str = "info") -> None:
+        self.events.status(message=message, level=level)
+
+    @property
+    def negative_mode(self) -> bool:
+        """When True, plain clicks are negative and Alt/Control-clicks positive."""
+        return bool(self._polarity and self._polarity.negative_mode)
+
+    @negative_mode.setter
+    def negative_mode(self, value: bool) -> None:
+        if self._polarity is None:
+            self._polarity = prompt_layers.PolarityClicks()
+        self._polarity.negative_mode = bool(value)
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults[prompt_layers.POSITIVE] = not value
+            self.points_layer.feature_defaults = self.points_layer.feature_defaults
+
+    @property
+    def target_layer(self) -> Any:
+        """The Labels layer accepted objects go to (None: napari-sam creates one on the first accept)."""
+        return self._target_layer
+
+    @target_layer.setter
+    def target_layer(self, layer: Any) -> None:
+        self._target_layer = layer_data.unwrap(layer)
+
+    # ---- model -----------------------------------------------------------------------------------
+    def set_model(self, model: Any, name: str | None = None, precision: str | None = None) -> None:
+        """Use ``model`` (a built ``Sam``, a zoo name or a checkpoint path; names load inline, blocking)."""
+        from ..engine.segmenter import Segmenter
+
+        with self._lock:
+            self.segmenter = Segmenter(model=model, precision=precision)
+        self.model_name = name or (model if isinstance(model, str) else getattr(model, "name", None) or "custom")
+        self.prediction = None
+        self.events.model_changed()
+        if self.image_layer is not None:
+            self._bind_image()
+
+    def _require_segmenter(self):
+        if self.segmenter is None:
+            raise ImageNotSetError("No model is loaded: pick one in napari-sam's 'model' list and press 'Load'.")
+        return self.segmenter
+
+    # ---- image -----------------------------------------------------------------------------------
+    def set_image_layer(self, layer: Any) -> None:
+        """Segment ``layer`` (an Image layer of the viewer; None to stop). Prompts start empty."""
+        layer = layer_data.unwrap(layer)
+        if layer is not None:
+            layer_data.check_image_layer(layer)
+        if layer is self.image_layer:
+            return
+        self._generation += 1
+        self._pending = False
+        self._edit = None
+        self.prediction = None
+        self._remove_own_layers()
+        if self.image_layer is not None:
+            self.image_layer.events.data.disconnect(self._on_image_data)
+        self.image_layer = layer
+        self._last_key = None
+        self.events.image_changed()
+        if layer is None:
+            return
+        layer.events.data.connect(self._on_image_data)
+        self.ensure_prompt_layers()
+        if self.segmenter is not None:
+            self._bind_image()
+
+    def _on_image_data(self, event=None) -> None:
+        """The image layer's data were replaced: forget embeddings and the preview, embed again."""
+        if self.image_layer is None or self.segmenter is None:
+            return
+        self.prediction = None
+        self._edit = None
+        self._generation += 1
+        try:
+            with self._lock:
+                self.segmenter.set_image(
+                    layer_data.layer_array(self.image_layer), rgb=layer_data.is_rgb(self.image_layer)
+                )
+        except NapariSamError as e:
+            self._status(str(e), "warning")
+            return
+        preview = self.preview_layer
+        if preview is not None and np.shape(preview.data) != layer_data.labels_shape(self.image_layer):
+            self.preview_layer = None
+            if preview in self.viewer.layers:
+                self.viewer.layers.remove(preview)
+        self._show(None, None)
+        self._request_embedding_if_needed()
+
+    def _bind_image(self) -> None:
+        layer = self.image_layer
+        with self._lock:
+            self.segmenter.set_image(layer_data.layer_array(layer), rgb=layer_data.is_rgb(layer))
+        self._generation += 1
+        self._request_embedding_if_needed()
+
+    def current_key(self) -> tuple[int, ...]:
+        """Slice index of the displayed 2D slice of the image layer, () for a 2D image."""
+        if self.image_layer is None:
+            raise ImageNotSetError("No image layer is selected for napari-sam.")
+        return layer_data.displayed_slice_key(self.viewer, self.image_layer)
+
+    def needs_embedding(self, key: tuple[int, ...] | None = None) -> bool:
+        """True when a model and image are set and the slice ``key`` (default: displayed) is not embedded."""
+        if self.segmenter is None or self.image_layer is None:
+            return False
+        key = self.current_key() if key is None else key
+        return not self.segmenter.has_embedding(key or None)
+
+    def _request_embedding_if_needed(self) -> None:
+        try:
+            if self.needs_embedding():
+                self.events.embedding_needed(key=self.current_key())
+        except NapariSamError as e:
+            self._status(str(e), "warning")
+
+    def embedding_job(self, key: tuple[int, ...] | None = None) -> Generator[Progress, None, EmbeddingResult]:
+        """A progress generator embedding slice ``key`` (default: displayed); safe to run in a worker.
+
+        The Segmenter lock is held only while the encoder runs, never across a yield,
+        so cancelling at a yield leaves nothing locked.
+        """
+        seg = self._require_segmenter()
+        key = self.current_key() if key is None else tuple(key)
+        generation = self._generation
+
+        def job():
+            t0 = time.perf_counter()
+            gen = seg.embed(key or None)
+            while True:
+                with self._lock:
+                    try:
+                        p = next(gen)
+                    except StopIteration:
+                        break
+                yield p
+            seconds = time.perf_counter() - t0
+            with self._lock:  # warm the decoder up here, so the first click is as fast as the next ones
+                try:
+                    h, w = seg.spatial_shape
+                    seg.predict(points=[((h - 1) / 2, (w - 1) / 2)], slice_index=key or None)
+                except NapariSamError:
+                    pass
+            return EmbeddingResult(generation, key, seconds)
+
+        return job()
+
+    def embedding_finished(self, result: EmbeddingResult | None) -> None:
+        """Call on the GUI thread when an :meth:`embedding_job` returned: refresh the preview, embed what is next."""
+        if result is None or result.generation != self._generation:
+            return
+        self.last_embed_seconds = result.seconds
+        self._status(f"embedded slice {result.key} in {result.seconds:.2f} s" if result.key else
+                     f"embedded image in {result.seconds:.2f} s")
+        if self._pending:
+            self.update_preview()
+        self._request_embedding_if_needed()
+
+    def embed_now(self) -> None:
+        """Embed the displayed slice inline (blocking; console use)."""
+        if self.needs_embedding():
+            self.embedding_finished(run_blocking(self.embedding_job()))
+
+    # ---- prompt layers ---------------------------------------------------------------------------
+    def ensure_prompt_layers(self) -> None:
+        """Create (or re-create after deletion) the Points and Shapes prompt layers for the image."""
+        viewer = self.viewer
+        if self.image_layer is None:
+            raise ImageNotSetError("No image layer is selected for napari-sam.")
+        if self.boxes_layer is None or self.boxes_layer not in viewer.layers:
+            self.boxes_layer = viewer.add_layer(prompt_layers.make_boxes_layer(self.image_layer))
+            self.boxes_layer.events.data.connect(self._on_prompts_changed)
+            self._bind_keys(self.boxes_layer)
+        if self.points_layer is None or self.points_layer not in viewer.layers:
+            layer = prompt_layers.make_points_layer(self.image_layer)
+            if self._polarity is None:
+                self._polarity = prompt_layers.PolarityClicks()
+            layer.mouse_drag_callbacks.insert(0, self._polarity)
+            self.points_layer = viewer.add_layer(layer)
+            self.points_layer.events.data.connect(self._on_prompts_changed)
+            self._bind_keys(self.points_layer)
+            self.points_layer.mode = "add"
+        viewer.layers.selection.active = self.points_layer
+
+    def _bind_keys(self, layer: Any) -> None:
+        from .keys import bind_controller_keys
+
+        bind_controller_keys(layer, self)
+
+    def _remove_own_layers(self) -> None:
+        viewer = self._viewer_ref()
+        for attr in ("points_layer", "boxes_layer", "preview_layer"):
+            layer = getattr(self, attr)
+            setattr(self, attr, None)
+            if viewer is not None and layer is not None and layer in viewer.layers:
+                viewer.layers.remove(layer)
+        self._preview_key = None
+
+    def add_point(self, rowcol, positive: bool = True) -> None:
+        """Add a click at (row, col) of the displayed slice (image data frame); the preview updates."""
+        self.ensure_prompt_layers()
+        key = self.current_key()
+        data = np.concatenate([np.asarray(key, float), np.asarray(rowcol, float)])
+        coords = layer_data.layer_to_layer(self.image_layer, self.points_layer, data[None])[0]
+        prompt_layers.add_point(self.points_layer, coords, positive)
+        self.points_layer.feature_defaults[prompt_layers.POSITIVE] = not self.negative_mode
+
+    def add_box(self, box) -> None:
+        """Add a box prompt (row0, col0, row1, col1) on the displayed slice (image data frame)."""
+        self.ensure_prompt_layers()
+        key = np.asarray(self.current_key(), float)
+        r0, c0, r1, c1 = (float(v) for v in box)
+        corners = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
+        verts = np.concatenate([np.repeat(key[None], 4, 0), corners], axis=1)
+        verts = layer_data.layer_to_layer(self.image_layer, self.boxes_layer, verts)
+        self.boxes_layer.add_rectangles(verts)
+
+    def prompts(self) -> prompt_layers.SlicePrompts:
+        """The prompts of the displayed slice, in the image's data frame."""
+        return prompt_layers.read_prompts(self.points_layer, self.boxes_layer, self.image_layer, self.current_key())
+
+    # ---- events ----------------------------------------------------------------------------------
+    def _on_prompts_changed(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if self._muted or action.lower().endswith("ing"):  # adding/removing/changing: wait for the end
+            return
+        self.update_preview()
+
+    def _on_step(self, event=None) -> None:
+        if self.image_layer is None:
+            return
+        try:
+            key = self.current_key()
+        except NapariSamError:
+            return
+        if key == self._last_key:
+            return
+        self._last_key = key
+        if self._edit is not None and self._edit[1] != key:
+            self._edit = None
+            self._status("Left the slice of the label being edited; the edit was dropped.")
+        self.update_preview()
+        self._request_embedding_if_needed()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if layer is self.image_layer:
+            self.set_image_layer(None)
+            self._status("The image layer was removed; pick another image.")
+        elif layer is self.points_layer:
+            self.points_layer = None
+        elif layer is self.boxes_layer:
+            self.boxes_layer = None
+        elif layer is self.preview_layer:
+            self.preview_layer = None
+            self._preview_key = None
+
+    # ---- preview ---------------------------------------------------------------------------------
+    def _show(self, key: tuple[int, ...] | None, mask: np.ndarray | None) -> None:
+        if mask is None and (self.preview_layer is None or self._preview_key is None):
+            return  # nothing is shown: nothing to clear
+        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+            layer = labels_io.make_labels_layer(self.image_layer, labels_io.PREVIEW_NAME, dtype=np.uint8)
+            layer.opacity = 0.55
+            layer.metadata["napari_sam_role"] = "preview"
+            self.preview_layer = self.viewer.add_layer(layer)
+            self._bind_keys(self.preview_layer)
+            if self.points_layer is not None:  # keep clicks on top and active
+                layers = self.viewer.layers
+                layers.move(layers.index(self.preview_layer), layers.index(self.points_layer))
+                layers.selection.active = self.points_layer
+            self._preview_key = None
+        labels_io.show_preview(self.preview_layer, key or (), mask, clear_key=self._preview_key)
+        self._preview_key = key if mask is not None else None
+        self.events.preview()
+
+    def current_mask(self) -> np.ndarray | None:
+        """The mask the preview shows: (H, W) bool, or None."""
+        if self.prediction is not None:
+            return self.prediction.masks[self.candidate % len(self.prediction.masks)]
+        if self._edit is not None:
+            return self._edit[2]
+        return None
+
+    def update_preview(self, raise_errors: bool = False) -> np.ndarray | None:
+        """Re-run the decoder for the displayed slice's prompts and show the best candidate.
+
+        Errors (a click outside the image, ...) become a status message and an empty
+        preview, unless ``raise_errors``. Returns the shown mask or None.
+        """
+        self.prediction = None
+        self.candidate = 0
+        if self.image_layer is None or self.segmenter is None:
+            self._show(None, None)
+            return None
+        try:
+            if tuple(self.segmenter.spatial_shape) != tuple(layer_data.labels_shape(self.image_layer)[-2:]):
+                return None  # the image data changed and are being re-bound
+            key = self.current_key()
+            p = self.prompts()
+            edit = self._edit if self._edit is not None and self._edit[1] == key else None
+            if p.empty:
+                self._pending = False
+                self._show(key, edit[2] if edit else None)
+                return self.current_mask()
+            if not self.segmenter.has_embedding(key or None) or not self._lock.acquire(blocking=False):
+                self._pending = True
+                self._status("Embedding the image; the preview follows when it is done.")
+                self._request_embedding_if_needed()
+                return None
+            try:
+                self._pending = False
+                t0 = time.perf_counter()
+                n_prompts = len(p.points) + (p.box is not None)
+                extra = {"mask_input": edit[3], "tile": edit[4]} if edit and edit[3] is not None else {}
+                if extra.get("tile") is None:
+                    extra.pop("tile", None)
+                pred = self.segmenter.predict(
+                    points=p.points if len(p.points) else None,
+                    labels=p.labels if len(p.points) else None,
+                    box=p.box,
+                    slice_index=key or None,
+                    multimask=n_prompts == 1 and edit is None,
+                    **extra,
+                )
+                self.last_predict_seconds = time.perf_counter() - t0
+            finally:
+                self._lock.release()
+        except NapariSamError as e:
+            self._show(None, None)
+            if raise_errors:
+                raise
+            self._status(str(e), "warning")
+            return None
+        self.prediction = pred
+        self.candidate = pred.best
+        self._pred_key = key
+        self._show(key, self.current_mask())
+        return self.current_mask()
+
+    def next_candidate(self) -> int:
+        """Show the next of the candidate masks (ambiguous single prompts give three); returns its index."""
+        if self.prediction is None:
+            raise InvalidPromptError("No prediction to cycle through: click on an object first.")
+        self.candidate = (self.candidate + 1) % len(self.prediction.masks)
+        self._show(self._pred_key, self.current_mask())
+        score = float(self.prediction.scores[self.candidate])
+        self._status(f"candidate {self.candidate + 1}/{len(self.prediction.masks)} (score {score:.2f})")
+        return self.candidate
+
+    def segment(self) -> np.ndarray:
+        """Console: embed the displayed slice if needed (blocking), predict, show; returns the (H, W) bool mask."""
+        self._require_segmenter()
+        self.embed_now()
+        mask = self.update_preview(raise_errors=True)
+        if mask is None:
+            raise InvalidPromptError("No prompts on the displayed slice: add a point or a box first.")
+        return mask
+
+    # ---- commit / undo ---------------------------------------------------------------------------
+    def _ensure_target(self) -> Any:
+        viewer = self.viewer
+        target = self.target_layer
+        if target is not None and target in viewer.layers:
+            labels_io.check_target(target, self.image_layer)
+            return target
+        for layer in viewer.layers:  # reuse a target napari-sam made earlier for an image of this shape
+            if layer.metadata.get("napari_sam_role") == "target" and np.shape(layer.data) == tuple(
+                layer_data.labels_shape(self.image_layer)
+            ):
+                self.target_layer = layer
+                return layer
+        layer = labels_io.make_labels_layer(self.image_layer, labels_io.TARGET_NAME)
+        layer.metadata["napari_sam_role"] = "target"
+        self.target_layer = viewer.add_layer(layer)
+        self._bind_keys(self.target_layer)
+        if self.points_layer is not None:
+            viewer.layers.selection.active = self.points_layer
+        return self.target_layer
+
+    def accept(self) -> int:
+        """Write the previewed object into the target Labels layer; returns its id. Prompts are cleared.
+
+        A new object gets an unused id (max + 1); an edited one keeps its id. Other labels are left
+        untouched unless :attr:`overwrite` is True. Nothing changes if anything fails.
+        """
+        if self._pending:
+            raise InvalidPromptError("Still embedding this slice; accept once the preview is shown.")
+        mask = self.current_mask()
+        if mask is None or not mask.any():
+            raise InvalidPromptError("Nothing to accept: click on an object (or draw a box) first.")
+        key = self.current_key()
+        target = self._ensure_target()
+        edit_id = self._edit[0] if self._edit is not None else None
+        label_id = edit_id if edit_id is not None else labels_io.next_label_id(target)
+        diff = labels_io.build_commit(
+            target.data, key, mask, label_id, overwrite=self.overwrite, replace_id=edit_id is not None
+        )
+        if diff is not None:
+            labels_io.apply_diff(target, diff)
+            self._undo.append((target, diff))
+            self._redo.clear()
+        self.clear()
+        self.events.committed(label_id=label_id)
+        self._status(f"accepted label {label_id}")
+        return label_id
+
+    def clear(self) -> None:
+        """Discard the prompts, the preview and any edit in progress."""
+        self._muted = True
+        try:
+            prompt_layers.clear_prompts(self.points_layer, self.boxes_layer)
+        finally:
+            self._muted = False
+        self._edit = None
+        self.prediction = None
+        self._pending = False
+        self._show(None, None)
+
+    def undo(self) -> int | None:
+        """Revert the last commit; returns its label id (None when there is nothing to undo)."""
+        if not self._undo:
+            self._status("Nothing to undo.")
+            return None
+        layer, diff = self._undo.pop()
+        labels_io.apply_diff(layer, diff, undo=True)
+        self._redo.append((layer, diff))
+        return diff.label_id
+
+    def redo(self) -> int | None:
+        """Re-apply the last undone commit; returns its label id (None when there is nothing to redo)."""
+        if not self._redo:
+            self._status("Nothing to redo.")
+            return None
+        layer, diff = self._redo.pop()
+        labels_io.apply_diff(layer, diff)
+        self._undo.append((layer, diff))
+        return diff.label_id
+
+    def edit_label(self, label_id: int) -> None:
+        """Pick committed object ``label_id`` of the displayed slice back up for correction.
+
+        Its mask becomes the mask prompt (low-res logits) and the preview; add clicks to
+        correct it, then :meth:`accept` re-commits it under the same id.
+        """
+        seg = self._require_segmenter()
+        target = self.target_layer
+        if target is None or target not in self.viewer.layers:
+            raise InvalidPromptError("There is no target Labels layer to edit yet: accept an object first.")
+        key = self.current_key()
+        labels_io.check_target(target, self.image_layer)
+        plane = np.asarray(target.data[key] if key else target.data)
+        mask = plane == int(label_id)
+        if not mask.any():
+            raise InvalidPromptError(f"Label {label_id} is not on the displayed slice of {target.name!r}.")
+        logits, tile = self._mask_prompt(seg, mask)
+        self.clear()
+        self._edit = (int(label_id), key, mask, logits, tile)
+        self._show(key, mask)
+        self._status(f"editing label {label_id}: add clicks, then accept")
+
+    @staticmethod
+    def _mask_prompt(seg, mask: np.ndarray):
+        """(logits (1, h, w) or None, tile index or None) to use ``mask`` (H, W) bool as a mask prompt.
+
+        On a tiled slice the logits are those of the tile holding the whole object; an object
+        spanning tiles gets no mask prompt (corrections then come from clicks alone).
+        """
+        model = seg.model
+        grid = getattr(seg, "tile_grid", None)
+        tile = None
+        if grid is not None and len(grid) > 1:
+            rows, cols = np.nonzero(mask)
+            chosen = grid.best_tile((np.array([rows.min(), cols.min()]), np.array([rows.max(), cols.max()])))
+            if chosen is None:
+                return None, None
+            mask, tile = mask[chosen.outer_slices], tuple(chosen.index)
+        return mask_to_logits(mask, model.image_encoder.img_size, model.prompt_encoder.mask_input_size), tile
+
+    @property
+    def editing(self) -> int | None:
+        """The label id being edited, or None."""
+        return self._edit[0] if self._edit is not None else None
+
+    def close(self) -> None:
+        """Disconnect from the viewer (the layers stay)."""
+        viewer = self._viewer_ref()
+        if viewer is not None:
+            viewer.dims.events.current_step.disconnect(self._on_step)
+            viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self._generation += 1
