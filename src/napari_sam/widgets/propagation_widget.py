@@ -1,0 +1,340 @@
+"""Dock widget "Propagate in 3D": carry objects through z, and segment the displayed slice automatically.
+
+Runs :func:`napari_sam.engine.propagation.propagate` (seeds: the Labels layer's objects on the
+displayed slice) and :class:`~napari_sam.engine.amg.SamAutomaticMaskGenerator` (the displayed slice)
+in napari workers (:mod:`napari_sam.widgets.workers`), on a copy of the target's (Z, H, W) data.
+When a run ends (or is cancelled: slices done so far are kept) the changed voxels are written on
+the GUI thread with ``Labels.data_setitem`` inside ``Labels.block_history()``: one Ctrl+Z undoes
+the run. Only the run's ids (and background) change; voxels edited by the user meanwhile are kept.
+
+When napari-sam's main widget (the per-viewer controller of :mod:`napari_sam.adapters`) holds the
+picked model for the same image, its :class:`~napari_sam.engine.segmenter.Segmenter` is reused
+(shared slice embeddings); otherwise this widget keeps its own. torchvision is imported only in the
+worker of "Segment this slice automatically", never at module import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+
+from ..errors import InvalidImageError, NapariSamError
+from .workers import Job, start_generator_job
+
+DIRECTIONS = {"both": (1, -1), "up (+z)": (1,), "down (-z)": (-1,)}
+
+
+class PropagationWidget(Container):
+    """Propagate Labels objects through a (Z, H, W) stack and segment single slices automatically.
+
+    Args:
+        napari_viewer: the viewer.
+        predict_fn: optional ``(z, SlicePrompt) -> SlicePrediction`` used instead of SAM (scripts, tests).
+        segment_slice: optional ``(image (H, W[, C])) -> (H, W) int labels`` used instead of SAM's
+            automatic mask generator.
+        model: optional built ``Sam`` used instead of the model picker.
+    """
+
+    def __init__(self, napari_viewer: Any, predict_fn: Any = None, segment_slice: Any = None, model: Any = None):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.predict_fn, self.segment_slice, self.model = predict_fn, segment_slice, model
+        self._job: Job | None = None
+        self._stop = False
+        self._busy = False
+        self._seg: tuple[Any, Any] | None = None  # ((model name, image layer id), Segmenter)
+        self._watched = None
+
+        self._image = ComboBox(label="image (3D)", choices=self._image_choices, nullable=True)
+        self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
+        self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
+        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=32)
+        self._direction = ComboBox(label="from here", choices=list(DIRECTIONS), value="both")
+        self._through = PushButton(text="Propagate object through z")
+        self._from_here = PushButton(text="Propagate from here")
+        self._all = PushButton(text="Propagate all objects on this slice")
+        self._auto = PushButton(text="Segment this slice automatically")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(label="status", value="pick a 3D image and a Labels layer")
+        self.extend([self._image, self._labels, self._object, self._model, self._points, self._direction, self._through,
+                     self._from_here, self._all, self._auto, self._cancel, self._status])
+
+        self._status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
+        self._select_default_model()
+        self._through.changed.connect(lambda _=None: self.propagate_object())
+        self._from_here.changed.connect(lambda _=None: self.propagate_object(DIRECTIONS[self._direction.value]))
+        self._all.changed.connect(lambda _=None: self.propagate_all())
+        self._auto.changed.connect(lambda _=None: self.segment_slice_automatically())
+        self._cancel.changed.connect(self.cancel)
+        self._labels.changed.connect(self._watch_labels)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh)
+        self._refresh()
+
+    # ---- choices ------------------------------------------------------------------------------
+    def _image_choices(self, _w=None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        from ..adapters.layer_data import labels_shape
+
+        return [(la.name, la) for la in self._viewer.layers if isinstance(la, Image) and len(labels_shape(la)) == 3]
+
+    def _labels_choices(self, _w=None) -> list[tuple[str, Any]]:
+        from napari.layers import Labels
+
+        return [(la.name, la) for la in self._viewer.layers if isinstance(la, Labels)]
+
+    def _model_choices(self, _w=None) -> list[str]:
+        """Zoo models, plus the main widget's model when it is another one (e.g. a checkpoint file)."""
+        from ..adapters.registry import get_controller
+        from ..engine.zoo import list_models
+
+        names = [e.name for e in list_models()]
+        ctl = get_controller(self._viewer, create=False)
+        if ctl is not None and ctl.segmenter is not None and ctl.model_name and ctl.model_name not in names:
+            names.insert(0, ctl.model_name)
+        return names
+
+    def _select_default_model(self) -> None:
+        """The model loaded in napari-sam's main widget (embeddings are then shared), else the default."""
+        from ..adapters.registry import get_controller
+        from ..engine.zoo import default_model_name
+
+        ctl = get_controller(self._viewer, create=False)
+        try:
+            name = ctl.model_name if ctl is not None and ctl.model_name else default_model_name()
+        except NapariSamError:
+            return
+        if name in self._model.choices:
+            self._model.value = name
+
+    def _refresh(self, _event=None) -> None:
+        self._model.reset_choices()
+        for box in (self._image, self._labels):
+            box.reset_choices()
+            if box.value is None and box.choices:
+                box.value = box.choices[-1]
+
+    def _watch_labels(self, layer=None) -> None:
+        """Follow the Labels layer's selected label (the last painted/picked one) in 'object id'."""
+        if self._watched is not None:
+            self._watched.events.selected_label.disconnect(self._on_selected)
+        self._watched = layer
+        if layer is not None:
+            layer.events.selected_label.connect(self._on_selected)
+            self._on_selected()
+
+    def _on_selected(self, _event=None) -> None:
+        if self._watched is not None and int(self._watched.selected_label) > 0:
+            self._object.value = int(self._watched.selected_label)
+
+    # ---- checks and the model -----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._busy
+
+    def _layers_and_slice(self) -> tuple[Any, Any, int]:
+        """(image layer, Labels layer, displayed z in their data frame); raises with a clear message."""
+        from ..adapters.labels_io import check_target
+        from ..adapters.layer_data import displayed_slice_key
+
+        image, labels = self._image.value, self._labels.value
+        if image is None:
+            raise InvalidImageError("Pick a 3D (Z, Y, X) image layer first.")
+        if labels is None:
+            raise InvalidImageError("Pick the target Labels layer (or add one: Layers > New Labels layer).")
+        check_target(labels, image)
+        return image, labels, int(displayed_slice_key(self._viewer, image)[0])
+
+    def _segmenter(self, image: Any, name: str | None) -> tuple[Any, Any]:
+        """(Segmenter of model ``name`` holding ``image``'s array, a lock or None); may load the model."""
+        from ..adapters.layer_data import is_rgb, layer_array, unwrap
+        from ..adapters.registry import get_controller
+
+        ctl = get_controller(self._viewer, create=False)
+        if (self.model is None and ctl is not None and ctl.segmenter is not None
+                and ctl.image_layer is unwrap(image) and ctl.model_name == name):
+            return ctl.segmenter, getattr(ctl, "_lock", None)
+        key = (name if self.model is None else id(self.model), id(unwrap(image)), id(layer_array(image)))
+        if self._seg is None or self._seg[0] != key:
+            from ..engine.segmenter import Segmenter
+
+            seg = Segmenter(model=self.model if self.model is not None else name)
+            seg.set_image(layer_array(image), rgb=is_rgb(image))
+            self._seg = (key, seg)
+        return self._seg[1], None
+
+    def _predictor(self, image: Any, name: str | None) -> Any:
+        if self.predict_fn is not None:
+            return self.predict_fn
+        from ..engine.propagation import segmenter_predict_fn
+
+        seg, lock = self._segmenter(image, name)
+        fn = segmenter_predict_fn(seg)
+        if lock is None:
+            return fn
+
+        def locked(z, prompt):
+            with lock:
+                return fn(z, prompt)
+
+        return locked
+
+    # ---- actions ------------------------------------------------------------------------------
+    def propagate_object(self, directions: tuple[int, ...] = (1, -1)) -> Job | None:
+        """Propagate the object 'object id' from the displayed slice (replacing it beyond that slice)."""
+        return self._propagate([int(self._object.value)], directions)
+
+    def propagate_all(self) -> Job | None:
+        """Propagate every object drawn on the displayed slice, both directions, in one run."""
+        try:
+            _, labels, z = self._layers_and_slice()
+        except NapariSamError as e:
+            return self._refuse(e)
+        ids = [int(i) for i in np.unique(np.asarray(labels.data[z])) if i > 0]
+        if not ids:
+            return self._refuse(NapariSamError(f"No objects are drawn on slice {z} of {labels.name!r}."))
+        return self._propagate(ids, (1, -1))
+
+    def _propagate(self, ids: list[int], directions: tuple[int, ...]) -> Job | None:
+        from ..engine.propagation import propagate, seeds_from_labels
+
+        if self.running:
+            return self._job
+        try:
+            image, labels, z = self._layers_and_slice()
+            before = np.array(labels.data)
+            seeds = seeds_from_labels(before, ids, z)
+        except NapariSamError as e:
+            return self._refuse(e)
+        work = before.copy()  # filled in place by propagate(); partial results survive a cancel
+        name = self._model.value  # widget values are read here, on the GUI thread
+
+        def make_gen():  # runs in the worker, the diff too
+            gen = propagate(self._predictor(image, name), seeds, labels=work, directions=directions)
+            result = yield from self._cancellable(gen, lambda: work)
+            index = np.nonzero(before != result)
+            return index, before[index], result[index]
+
+        def done(diff):
+            n = self._write(labels, *diff, set(ids))
+            what = f"object {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects"
+            self._status.value = f"{'cancelled; kept partial result of' if self._stop else 'propagated'} {what} " \
+                                 f"from slice {z}: {n} voxels changed"
+
+        return self._start(make_gen, done, f"propagating {len(ids)} object(s) from slice {z}")
+
+    def segment_slice_automatically(self) -> Job | None:
+        """Automatic masks of the displayed slice, written with new ids on background pixels only."""
+        if self.running:
+            return self._job
+        try:
+            image, labels, z = self._layers_and_slice()
+        except NapariSamError as e:
+            return self._refuse(e)
+        from ..adapters.layer_data import layer_array
+
+        name, points = self._model.value, int(self._points.value)
+
+        def make_gen():
+            if self.segment_slice is not None:
+                return np.asarray(self.segment_slice(np.asarray(layer_array(image)[z])))
+                yield  # pragma: no cover  (a generator)
+            from ..engine.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
+
+            seg, _ = self._segmenter(image, name)
+            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)
+            return (yield from self._cancellable(
+                amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
+
+        def done(result):
+            if result is None:
+                self._status.value = "cancelled: nothing written"
+                return
+            self._status.value = f"slice {z}: {self._write_new_ids(labels, z, np.asarray(result))} new objects"
+
+        return self._start(make_gen, done, f"segmenting slice {z}")
+
+    def cancel(self, _=None) -> None:
+        """Stop at the next slice; what was propagated so far is written (undo with Ctrl+Z)."""
+        if self._busy:
+            self._stop = True
+            self._status.value = "cancelling..."
+
+    # ---- plumbing -----------------------------------------------------------------------------
+    def _cancellable(self, gen, partial):
+        """Yield from ``gen`` until done or cancelled; on cancel return ``partial()`` instead of its result."""
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield p
+            if self._stop:
+                gen.close()
+                return partial()
+
+    def _start(self, make_gen, on_done, description: str) -> Job:
+        self._stop = False
+        self._status.value = description + "..."
+        self._set_busy(True)
+        self._job = start_generator_job(make_gen, description=f"napari-sam: {description}",
+                                        on_return=lambda r: self._guard(on_done, r), on_error=self._error,
+                                        on_finish=lambda: self._set_busy(False))
+        return self._job
+
+    def _guard(self, on_done, result) -> None:
+        try:
+            on_done(result)
+        except NapariSamError as e:
+            self._error(e)
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        for b in (self._through, self._from_here, self._all, self._auto):
+            b.enabled = not busy
+        self._cancel.enabled = busy
+
+    def _refuse(self, e: BaseException) -> None:
+        self._status.value = str(e)
+        return None
+
+    def _error(self, e: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"error: {e}"
+        show_error(f"napari-sam propagation: {e}")
+
+    @staticmethod
+    def _commit(layer: Any, index: tuple, values: np.ndarray) -> int:
+        """Write ``values`` at fancy ``index`` as one undo step; returns the number of voxels written."""
+        if len(index[0]):
+            with layer.block_history():
+                layer.data_setitem(index, values.astype(layer.data.dtype))
+            layer.refresh()
+        return int(len(index[0]))
+
+    def _write(self, layer: Any, index: tuple, old: np.ndarray, new: np.ndarray, ids: set[int]) -> int:
+        """Write ``new`` at fancy ``index`` (was ``old``) where both are background or in ``ids``."""
+        allowed = np.array(sorted(ids | {0}))
+        ok = np.isin(old, allowed) & np.isin(new, allowed)
+        ok &= np.asarray(layer.data[index]) == old  # edited meanwhile by the user: keep the user's value
+        return self._commit(layer, tuple(i[ok] for i in index), new[ok])
+
+    def _write_new_ids(self, layer: Any, z: int, result: np.ndarray) -> int:
+        """Write (H, W) slice labels ``result`` on background of slice ``z`` as new consecutive ids."""
+        plane = np.asarray(layer.data[z])
+        if result.shape != plane.shape:
+            raise InvalidImageError(f"Automatic labels of shape {result.shape} do not fit slice shape {plane.shape}.")
+        free = (result > 0) & (plane == 0)
+        found = np.unique(result[free])
+        start = int(np.asarray(layer.data).max()) + 1
+        if len(found) and start + len(found) - 1 > np.iinfo(plane.dtype).max:
+            raise InvalidImageError(f"Labels layer {layer.name!r} ({plane.dtype}) has no room for "
+                                    f"{len(found)} new ids; convert it to a wider integer type.")
+        new_ids = np.searchsorted(found, result[free]) + start
+        rows, cols = np.nonzero(free)
+        return 0 if not self._commit(layer, (np.full_like(rows, z), rows, cols), new_ids) else len(found)
