@@ -14,84 +14,31 @@ Coordinates: ``points`` are (row, col) pixels of the 2D slice; ``box`` is
 (row0, col0, row1, col1). The engine's :class:`SamPredictor` uses SAM's
 (x, y) order; the flip happens in :func:`napari_sam.model.transforms.rowcol_to_xy`.
 
-Large slices are embedded tile by tile (:mod:`napari_sam.engine.tiling`):
-each tile's crop is embedded on its own, normalised with the whole image's
-intensity limits. A prompt is answered by the single tile that holds it
-(:meth:`TileGrid.best_tile`) when there is one: the result is exactly what
-embedding that crop alone would give, placed back into the slice. A prompt
-that spans tiles (a box over a tile border, positive points in different
-tiles) is predicted in every tile whose inner region meets the extent of the
-positive points and the box; each such tile gets the points that lie inside
-its crop (halo included) and the box clipped to its crop, and is skipped when
-that leaves it no positive point and no box. The parts are merged into one
-object: candidate ``k`` of the result is the union over tiles of each tile's
-candidate ``k`` restricted to that tile's inner region; its score is the mean
-of the tiles' scores weighted by those parts' areas. Such merged predictions
-have ``logits=None`` and ``tile=None`` (there is no single low-res frame to
-feed back); single-tile predictions return the tile's low-res logits and its
-grid index in ``Prediction.tile``; pass both back (``mask_input=``, ``tile=``)
-to refine.
+Large slices are embedded tile by tile (:mod:`napari_sam.engine.tiling`), each
+tile's crop normalised with the whole image's intensity limits; prompts are
+routed to one tile or split across tiles and merged by
+:mod:`napari_sam.engine.tiled_prediction` (see there for the rule, and for
+``Prediction.tile`` / ``mask_input`` refinement on tiled slices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidPromptError
-from ..model.transforms import rowcol_to_xy
+from ..model.transforms import get_preprocess_shape, rowcol_to_xy
 from .embedding_store import EmbeddingStore
 from .normalize import intensity_range
 from .predictor import Embedding, SamPredictor
 from .progress import Progress, run_blocking
 from .prompts import check_box, check_points
+from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
 from .tiling import Tile, TileGrid, check_tiling
 
 FULL_SLICE_SAMPLE_PIXELS = 4_000_000  # above this many pixels per slice, intensity limits use windows
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Masks for one prompt set on one 2D slice.
-
-    Attributes:
-        masks: (M, H, W) bool candidate masks of the whole slice (M = 3 with multimask, else 1).
-        scores: (M,) float predicted IoU of each candidate.
-        logits: (M, h, w) float32 low-resolution logits (feed one back as ``mask_input``);
-            for a tiled slice these are in the frame of tile ``tile``, and ``None``
-            when the prediction was merged from several tiles.
-        tile: (grid_row, grid_col) of the tile that answered, ``None`` for merged predictions.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray | None
-    tile: tuple[int, int] | None = None
-
-    @property
-    def best(self) -> int:
-        """Index of the best-scored candidate."""
-        return int(np.argmax(self.scores))
-
-    @property
-    def best_mask(self) -> np.ndarray:
-        return self.masks[self.best]
-
-
-@dataclass(frozen=True)
-class TiledEmbedding:
-    """The embeddings of all tiles of one slice.
-
-    Attributes:
-        grid: the slice's :class:`TileGrid`.
-        tiles: one :class:`Embedding` per tile, in ``grid.tiles`` order.
-    """
-
-    grid: TileGrid
-    tiles: tuple[Embedding, ...]
 
 
 def _resolve_model(model: Any, device, precision):
@@ -111,18 +58,6 @@ def _level0(image: Any) -> Any:
     if isinstance(image, (list, tuple)) and image and all(hasattr(a, "shape") for a in image):
         return image[0]
     return image
-
-
-def _points_in_crop(pts: np.ndarray, tile: Tile) -> np.ndarray:
-    """(N,) bool: which (row, col) points lie in the tile's crop (pixel extents, centres at integers)."""
-    (r0, r1), (c0, c1) = tile.outer
-    return (pts[:, 0] >= r0 - 0.5) & (pts[:, 0] <= r1 - 0.5) & (pts[:, 1] >= c0 - 0.5) & (pts[:, 1] <= c1 - 0.5)
-
-
-def _box_meets_crop(box: np.ndarray, tile: Tile) -> bool:
-    """Whether a (row0, col0, row1, col1) box overlaps the tile's crop."""
-    (r0, r1), (c0, c1) = tile.outer
-    return bool(box[0] <= r1 - 0.5 and box[2] >= r0 - 0.5 and box[1] <= c1 - 0.5 and box[3] >= c0 - 0.5)
 
 
 class Segmenter:
@@ -182,6 +117,12 @@ class Segmenter:
         """The model's square input size in pixels (the default tile side)."""
         return int(self.model.image_encoder.img_size)
 
+    @property
+    def _feature_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one tile's image embedding."""
+        pe = self.model.prompt_encoder
+        return (int(pe.embed_dim), *map(int, pe.image_embedding_size))
+
     def _tiling_for(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         tile = self._tile_setting
         if isinstance(tile, str):
@@ -216,8 +157,7 @@ class Segmenter:
     def _memory_bound(self, n_tiles: int) -> int:
         if self.cache_bytes is not None:
             return int(self.cache_bytes)
-        pe = self.model.prompt_encoder
-        per_tile = int(pe.embed_dim) * int(np.prod(pe.image_embedding_size)) * 4
+        per_tile = int(np.prod(self._feature_shape)) * 4  # float32 features
         return max(1, self.cache_size) * max(1, n_tiles) * per_tile
 
     # ---- image -------------------------------------------------------------------------------
@@ -305,6 +245,11 @@ class Segmenter:
     def _flat(self, key: tuple[int, ...]) -> int:
         return int(np.ravel_multi_index(key, self.leading_shape)) if key else 0
 
+    def _unflat(self, flat: int) -> tuple[int, ...]:
+        """Inverse of :meth:`_flat`: flat slice number -> slice key."""
+        lead = self.leading_shape
+        return tuple(int(k) for k in np.unravel_index(flat, lead)) if lead else ()
+
     def intensity_limits(self) -> tuple[float, float] | None:
         """(low, high) normalisation limits for the whole image (None for uint8)."""
         if np.dtype(self.image.dtype) == np.uint8:
@@ -315,7 +260,6 @@ class Segmenter:
 
     def _sample_for_limits(self, max_slices: int = 8) -> np.ndarray:
         """Pixels for the intensity limits: up to ``max_slices`` slices; big slices by 16 windows each."""
-        lead = self.leading_shape
         n = self.n_slices
         picks = np.unique(np.linspace(0, n - 1, min(n, max_slices)).astype(int))
         h, w = self.spatial_shape
@@ -328,7 +272,7 @@ class Segmenter:
             windows = [(slice(r, r + size), slice(c, c + size)) for r in rows for c in cols]
         parts = []
         for i in picks:
-            key = tuple(int(k) for k in np.unravel_index(i, lead)) if lead else ()
+            key = self._unflat(int(i))
             parts.extend(np.asarray(self.image[key + win]).reshape(-1) for win in windows)
         return np.concatenate(parts)
 
@@ -367,19 +311,13 @@ class Segmenter:
     def _bind_store(self) -> EmbeddingStore:
         if not self._store_bound:
             g = self.tile_grid
-            pe = self.model.prompt_encoder
             tile_hw = g.tiles[0].shape
-            scale = self.input_size / max(tile_hw)
-            input_size = (int(tile_hw[0] * scale + 0.5), int(tile_hw[1] * scale + 0.5))
-            if self.store.cache_dir is not None:
-                signature = self._signature()
-            else:
-                signature = {}
+            input_size = get_preprocess_shape(*tile_hw, self.input_size)
             self.store.open(
-                signature,
+                self._signature() if self.store.cache_dir is not None else {},
                 n_slices=self.n_slices,
                 n_tiles=len(g),
-                feature_shape=(int(pe.embed_dim), *map(int, pe.image_embedding_size)),
+                feature_shape=self._feature_shape,
                 original_size=tile_hw,
                 input_size=input_size,
                 extra_attrs={"tile_grid": g.describe()},
@@ -445,9 +383,8 @@ class Segmenter:
         Closing the generator cancels; every tile finished so far is kept (on disk
         when a ``cache_dir`` is set). Returns the number of tile embeddings computed.
         """
-        lead = self.leading_shape
         if slice_indices is None:
-            keys = [tuple(int(k) for k in np.unravel_index(i, lead)) if lead else () for i in range(self.n_slices)]
+            keys = [self._unflat(i) for i in range(self.n_slices)]
         else:
             keys = [self._slice_key(s) for s in slice_indices]
         grid = self.tile_grid
@@ -489,30 +426,9 @@ class Segmenter:
             b = np.asarray(box, dtype=np.float64)
             if b.shape != (4,):
                 raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
-            xyb = check_box(np.array([b[1], b[0], b[3], b[2]]), (h, w))[0]
-            bx = np.array([xyb[1], xyb[0], xyb[3], xyb[2]])
+            xyb = check_box(rowcol_to_xy(b.reshape(2, 2)).reshape(4), (h, w))[0]
+            bx = rowcol_to_xy(xyb.reshape(2, 2)).reshape(4)
         return pts, lab, bx
-
-    def _predict_tile(self, key, tile: Tile, pts, lab, bx, mask_input, multimask: bool):
-        """Predict inside one tile with prompts in slice (row, col); returns tile-frame masks, scores, logits."""
-        emb = self.tile_embedding(key, tile)
-        self.predictor.set_embedding(emb)
-        r0, c0 = tile.origin
-        th, tw = tile.shape
-        coords = tl = xy_box = None
-        if pts is not None:
-            inside = _points_in_crop(pts, tile)
-            if inside.any():
-                coords = rowcol_to_xy(pts[inside] - (r0, c0))
-                tl = lab[inside]
-        if bx is not None:
-            b = bx - (r0, c0, r0, c0)
-            b = np.array([np.clip(b[0], -0.5, th - 0.5), np.clip(b[1], -0.5, tw - 0.5),
-                          np.clip(b[2], -0.5, th - 0.5), np.clip(b[3], -0.5, tw - 0.5)])
-            xy_box = np.array([b[1], b[0], b[3], b[2]])
-        return self.predictor.predict(
-            point_coords=coords, point_labels=tl, box=xy_box, mask_input=mask_input, multimask_output=multimask
-        )
 
     def predict(
         self,
@@ -540,74 +456,12 @@ class Segmenter:
         pts, lab, bx = self._parse_prompts(points, labels, box)
         if pts is None and bx is None and mask_input is None:
             raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
-        h, w = self.spatial_shape
-        if len(grid) == 1:
-            chosen = grid.tiles[0]
-        elif tile is not None:
-            idx = tuple(int(i) for i in tile)
-            if not (0 <= idx[0] < grid.grid_shape[0] and 0 <= idx[1] < grid.grid_shape[1]):
-                raise InvalidPromptError(f"tile {tile} is not in the tile grid of shape {grid.grid_shape}.")
-            chosen = grid.tiles[grid.flat_index(idx)]
-        else:
-            extent = self._object_extent(pts, lab, bx)
-            if extent is None:
-                raise InvalidPromptError(
-                    "On a tiled image give at least one positive point or a box (or tile= with mask_input)."
-                )
-            chosen = grid.best_tile(extent)
-            if chosen is None:
-                if mask_input is not None:
-                    raise InvalidPromptError(
-                        "mask_input can only refine a prediction inside one tile, but these prompts span "
-                        "several tiles; leave out mask_input (merged predictions have no logits)."
-                    )
-                return self._predict_merged(key, grid, extent, pts, lab, bx, multimask)
-        masks, scores, logits = self._predict_tile(key, chosen, pts, lab, bx, mask_input, multimask)
-        if len(grid) > 1:
-            full = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
-            full[(slice(None), *chosen.outer_slices)] = masks
-            masks = full
-        return Prediction(masks, scores, logits, chosen.index)
 
-    @staticmethod
-    def _object_extent(pts, lab, bx):
-        """(lo, hi) (row, col) extent of the positive points and the box, or None."""
-        parts = []
-        if pts is not None and (lab == 1).any():
-            parts.append(pts[lab == 1])
-        if bx is not None:
-            parts.append(bx.reshape(2, 2))
-        if not parts:
-            return None
-        allp = np.concatenate(parts)
-        return allp.min(axis=0), allp.max(axis=0)
+        def predict_in(t: Tile, **prompts):
+            self.predictor.set_embedding(self.tile_embedding(key, t))
+            return self.predictor.predict(**prompts)
 
-    def _predict_merged(self, key, grid: TileGrid, extent, pts, lab, bx, multimask: bool) -> Prediction:
-        h, w = self.spatial_shape
-        masks_out = scores_sum = area_sum = None
-        for tile in grid.tiles_touching(extent):
-            has_pos = pts is not None and bool(((lab == 1) & _points_in_crop(pts, tile)).any())
-            has_box = bx is not None and _box_meets_crop(bx, tile)
-            if not (has_pos or has_box):
-                continue
-            masks, scores, _ = self._predict_tile(key, tile, pts, lab, bx if has_box else None, None, multimask)
-            if masks_out is None:
-                masks_out = np.zeros((masks.shape[0], h, w), dtype=bool)
-                scores_sum = np.zeros(masks.shape[0], np.float64)
-                area_sum = np.zeros(masks.shape[0], np.float64)
-                plain_sum = np.zeros(masks.shape[0], np.float64)
-                n_tiles = 0
-            part = masks[(slice(None), *tile.inner_in_crop)]
-            masks_out[(slice(None), *tile.inner_slices)] = part
-            area = part.reshape(part.shape[0], -1).sum(axis=1).astype(np.float64)
-            scores_sum += area * scores
-            area_sum += area
-            plain_sum += scores
-            n_tiles += 1
-        if masks_out is None:  # pragma: no cover - the extent always touches a tile holding a prompt
-            raise InvalidPromptError("The prompts fall in no tile of the image.")
-        scores = np.where(area_sum > 0, scores_sum / np.maximum(area_sum, 1), plain_sum / n_tiles)
-        return Prediction(masks_out, scores.astype(np.float32), None, None)
+        return predict_tiled(grid, predict_in, pts, lab, bx, mask_input, multimask, tile)
 
     def segment(
         self,
