@@ -17,17 +17,21 @@ worker; a console call that needs an embedding computes it inline. Decoder
 predictions run on the calling (GUI) thread: ~25 ms for the tiny model,
 ~150 ms for vit_b on a 2-thread CPU at 1024 px (benchmarks/bench_click.py); moving them to a
 worker would add latency and ordering problems for no gain at these sizes. A lock guards the
-Segmenter; a prediction that finds it busy (an embedding running) is deferred
-until the embedding finishes instead of waiting.
+Segmenter (:meth:`SamController.busy`); a prediction that finds it busy (an embedding running)
+is deferred until the embedding finishes instead of waiting.
+
+The embedding bookkeeping lives in :mod:`.embedding_jobs`, the commit undo/redo stacks in
+:mod:`.commit_history`, picking a committed label back up in :mod:`.label_edit`; the controller
+coordinates them with the viewer's layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,16 +39,11 @@ import numpy as np
 from ..engine.progress import Progress, run_blocking
 from ..errors import ImageNotSetError, InvalidPromptError, NapariSamError
 from . import labels_io, layer_data, prompt_layers
-from .mask_prompt import mask_to_logits
+from .commit_history import CommitHistory
+from .embedding_jobs import EmbeddingJobs, EmbeddingResult
+from .label_edit import LabelEdit, pick_up
 
-
-@dataclass(frozen=True)
-class EmbeddingResult:
-    """What an embedding job returns: for which image generation and slice, and how long it took."""
-
-    generation: int
-    key: tuple[int, ...]
-    seconds: float
+__all__ = ["SamController", "EmbeddingResult"]
 
 
 class SamController:
@@ -82,12 +81,10 @@ class SamController:
         self.last_predict_seconds: float | None = None
         self._pred_key: tuple[int, ...] | None = None
         self._preview_key: tuple[int, ...] | None = None
-        self._undo: list[tuple[Any, labels_io.LabelDiff]] = []
-        self._redo: list[tuple[Any, labels_io.LabelDiff]] = []
-        self._edit: tuple | None = None  # (id, key, mask (H, W) bool, logits (1, h, w) or None, tile or None)
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._pending = False
+        self._history = CommitHistory()
+        self._edit: LabelEdit | None = None  # the committed object being corrected
+        self._lock = threading.Lock()  # guards the Segmenter; public as busy()
+        self._jobs = EmbeddingJobs(self._lock)
         self._muted = False
         self._last_key: tuple[int, ...] | None = None
         self._polarity: prompt_layers.PolarityClicks | None = None
@@ -104,6 +101,13 @@ class SamController:
 
     def _status(self, message: str, level: str = "info") -> None:
         self.events.status(message=message, level=level)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Hold the Segmenter lock (blocking) for the ``with`` block: use it around any call into
+        :attr:`segmenter` made from another thread or widget, so it never overlaps an embedding."""
+        with self._lock:
+            yield
 
     @property
     def negative_mode(self) -> bool:
@@ -154,8 +158,8 @@ class SamController:
             layer_data.check_image_layer(layer)
         if layer is self.image_layer:
             return
-        self._generation += 1
-        self._pending = False
+        self._jobs.invalidate()
+        self._jobs.pending = False
         self._edit = None
         self.prediction = None
         self._remove_own_layers()
@@ -177,7 +181,7 @@ class SamController:
             return
         self.prediction = None
         self._edit = None
-        self._generation += 1
+        self._jobs.invalidate()
         try:
             with self._lock:
                 self.segmenter.set_image(
@@ -198,7 +202,7 @@ class SamController:
         layer = self.image_layer
         with self._lock:
             self.segmenter.set_image(layer_data.layer_array(layer), rgb=layer_data.is_rgb(layer))
-        self._generation += 1
+        self._jobs.invalidate()
         self._request_embedding_if_needed()
 
     def current_key(self) -> tuple[int, ...]:
@@ -212,7 +216,7 @@ class SamController:
         if self.segmenter is None or self.image_layer is None:
             return False
         key = self.current_key() if key is None else key
-        return not self.segmenter.has_embedding(key or None)
+        return self._jobs.needs_embedding(self.segmenter, key)
 
     def _request_embedding_if_needed(self) -> None:
         try:
@@ -229,37 +233,16 @@ class SamController:
         """
         seg = self._require_segmenter()
         key = self.current_key() if key is None else tuple(key)
-        generation = self._generation
-
-        def job():
-            t0 = time.perf_counter()
-            gen = seg.embed(key or None)
-            while True:
-                with self._lock:
-                    try:
-                        p = next(gen)
-                    except StopIteration:
-                        break
-                yield p
-            seconds = time.perf_counter() - t0
-            with self._lock:  # warm the decoder up here, so the first click is as fast as the next ones
-                try:
-                    h, w = seg.spatial_shape
-                    seg.predict(points=[((h - 1) / 2, (w - 1) / 2)], slice_index=key or None)
-                except NapariSamError:
-                    pass
-            return EmbeddingResult(generation, key, seconds)
-
-        return job()
+        return self._jobs.job(seg, key)
 
     def embedding_finished(self, result: EmbeddingResult | None) -> None:
         """Call on the GUI thread when an :meth:`embedding_job` returned: refresh the preview, embed what is next."""
-        if result is None or result.generation != self._generation:
+        if not self._jobs.is_current(result):
             return
         self.last_embed_seconds = result.seconds
         self._status(f"embedded slice {result.key} in {result.seconds:.2f} s" if result.key else
                      f"embedded image in {result.seconds:.2f} s")
-        if self._pending:
+        if self._jobs.pending:
             self.update_preview()
         self._request_embedding_if_needed()
 
@@ -343,7 +326,7 @@ class SamController:
         if key == self._last_key:
             return
         self._last_key = key
-        if self._edit is not None and self._edit[1] != key:
+        if self._edit is not None and self._edit.key != key:
             self._edit = None
             self._status("Left the slice of the label being edited; the edit was dropped.")
         self.update_preview()
@@ -386,7 +369,7 @@ class SamController:
         if self.prediction is not None:
             return self.prediction.masks[self.candidate % len(self.prediction.masks)]
         if self._edit is not None:
-            return self._edit[2]
+            return self._edit.mask
         return None
 
     def update_preview(self, raise_errors: bool = False) -> np.ndarray | None:
@@ -405,21 +388,21 @@ class SamController:
                 return None  # the image data changed and are being re-bound
             key = self.current_key()
             p = self.prompts()
-            edit = self._edit if self._edit is not None and self._edit[1] == key else None
+            edit = self._edit if self._edit is not None and self._edit.key == key else None
             if p.empty:
-                self._pending = False
-                self._show(key, edit[2] if edit else None)
+                self._jobs.pending = False
+                self._show(key, edit.mask if edit else None)
                 return self.current_mask()
             if not self.segmenter.has_embedding(key or None) or not self._lock.acquire(blocking=False):
-                self._pending = True
+                self._jobs.pending = True
                 self._status("Embedding the image; the preview follows when it is done.")
                 self._request_embedding_if_needed()
                 return None
             try:
-                self._pending = False
+                self._jobs.pending = False
                 t0 = time.perf_counter()
                 n_prompts = len(p.points) + (p.box is not None)
-                extra = {"mask_input": edit[3], "tile": edit[4]} if edit and edit[3] is not None else {}
+                extra = {"mask_input": edit.logits, "tile": edit.tile} if edit and edit.logits is not None else {}
                 if extra.get("tile") is None:
                     extra.pop("tile", None)
                 pred = self.segmenter.predict(
@@ -491,22 +474,15 @@ class SamController:
         A new object gets an unused id (max + 1); an edited one keeps its id. Other labels are left
         untouched unless :attr:`overwrite` is True. Nothing changes if anything fails.
         """
-        if self._pending:
+        if self._jobs.pending:
             raise InvalidPromptError("Still embedding this slice; accept once the preview is shown.")
         mask = self.current_mask()
         if mask is None or not mask.any():
             raise InvalidPromptError("Nothing to accept: click on an object (or draw a box) first.")
         key = self.current_key()
         target = self._ensure_target()
-        edit_id = self._edit[0] if self._edit is not None else None
-        label_id = edit_id if edit_id is not None else labels_io.next_label_id(target)
-        diff = labels_io.build_commit(
-            target.data, key, mask, label_id, overwrite=self.overwrite, replace_id=edit_id is not None
-        )
-        if diff is not None:
-            labels_io.apply_diff(target, diff)
-            self._undo.append((target, diff))
-            self._redo.clear()
+        edit_id = self.editing
+        label_id = self._history.commit(target, key, mask, edit_id=edit_id, overwrite=self.overwrite)
         self.clear()
         self.events.committed(label_id=label_id)
         self._status(f"accepted label {label_id}")
@@ -521,28 +497,22 @@ class SamController:
             self._muted = False
         self._edit = None
         self.prediction = None
-        self._pending = False
+        self._jobs.pending = False
         self._show(None, None)
 
     def undo(self) -> int | None:
         """Revert the last commit; returns its label id (None when there is nothing to undo)."""
-        if not self._undo:
+        label_id = self._history.undo()
+        if label_id is None:
             self._status("Nothing to undo.")
-            return None
-        layer, diff = self._undo.pop()
-        labels_io.apply_diff(layer, diff, undo=True)
-        self._redo.append((layer, diff))
-        return diff.label_id
+        return label_id
 
     def redo(self) -> int | None:
         """Re-apply the last undone commit; returns its label id (None when there is nothing to redo)."""
-        if not self._redo:
+        label_id = self._history.redo()
+        if label_id is None:
             self._status("Nothing to redo.")
-            return None
-        layer, diff = self._redo.pop()
-        labels_io.apply_diff(layer, diff)
-        self._undo.append((layer, diff))
-        return diff.label_id
+        return label_id
 
     def edit_label(self, label_id: int) -> None:
         """Pick committed object ``label_id`` of the displayed slice back up for correction.
@@ -555,39 +525,16 @@ class SamController:
         if target is None or target not in self.viewer.layers:
             raise InvalidPromptError("There is no target Labels layer to edit yet: accept an object first.")
         key = self.current_key()
-        labels_io.check_target(target, self.image_layer)
-        plane = np.asarray(target.data[key] if key else target.data)
-        mask = plane == int(label_id)
-        if not mask.any():
-            raise InvalidPromptError(f"Label {label_id} is not on the displayed slice of {target.name!r}.")
-        logits, tile = self._mask_prompt(seg, mask)
+        edit = pick_up(seg, target, self.image_layer, key, label_id)
         self.clear()
-        self._edit = (int(label_id), key, mask, logits, tile)
-        self._show(key, mask)
+        self._edit = edit
+        self._show(key, edit.mask)
         self._status(f"editing label {label_id}: add clicks, then accept")
-
-    @staticmethod
-    def _mask_prompt(seg, mask: np.ndarray):
-        """(logits (1, h, w) or None, tile index or None) to use ``mask`` (H, W) bool as a mask prompt.
-
-        On a tiled slice the logits are those of the tile holding the whole object; an object
-        spanning tiles gets no mask prompt (corrections then come from clicks alone).
-        """
-        model = seg.model
-        grid = getattr(seg, "tile_grid", None)
-        tile = None
-        if grid is not None and len(grid) > 1:
-            rows, cols = np.nonzero(mask)
-            chosen = grid.best_tile((np.array([rows.min(), cols.min()]), np.array([rows.max(), cols.max()])))
-            if chosen is None:
-                return None, None
-            mask, tile = mask[chosen.outer_slices], tuple(chosen.index)
-        return mask_to_logits(mask, model.image_encoder.img_size, model.prompt_encoder.mask_input_size), tile
 
     @property
     def editing(self) -> int | None:
         """The label id being edited, or None."""
-        return self._edit[0] if self._edit is not None else None
+        return self._edit.label_id if self._edit is not None else None
 
     def close(self) -> None:
         """Disconnect from the viewer (the layers stay)."""
@@ -595,4 +542,4 @@ class SamController:
         if viewer is not None:
             viewer.dims.events.current_step.disconnect(self._on_step)
             viewer.layers.events.removed.disconnect(self._on_layer_removed)
-        self._generation += 1
+        self._jobs.invalidate()

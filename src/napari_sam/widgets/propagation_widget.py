@@ -150,14 +150,15 @@ class PropagationWidget(Container):
         return image, labels, int(displayed_slice_key(self._viewer, image)[0])
 
     def _segmenter(self, image: Any, name: str | None) -> tuple[Any, Any]:
-        """(Segmenter of model ``name`` holding ``image``'s array, a lock or None); may load the model."""
+        """(Segmenter of model ``name`` holding ``image``'s array, a ``busy()`` context-manager factory
+        guarding it, or None); may load the model."""
         from ..adapters.layer_data import is_rgb, layer_array, unwrap
         from ..adapters.registry import get_controller
 
         ctl = get_controller(self._viewer, create=False)
         if (self.model is None and ctl is not None and ctl.segmenter is not None
                 and ctl.image_layer is unwrap(image) and ctl.model_name == name):
-            return ctl.segmenter, getattr(ctl, "_lock", None)
+            return ctl.segmenter, ctl.busy
         key = (name if self.model is None else id(self.model), id(unwrap(image)), id(layer_array(image)))
         if self._seg is None or self._seg[0] != key:
             from ..engine.segmenter import Segmenter
@@ -172,13 +173,13 @@ class PropagationWidget(Container):
             return self.predict_fn
         from ..engine.propagation import segmenter_predict_fn
 
-        seg, lock = self._segmenter(image, name)
+        seg, busy = self._segmenter(image, name)
         fn = segmenter_predict_fn(seg)
-        if lock is None:
+        if busy is None:
             return fn
 
         def locked(z, prompt):
-            with lock:
+            with busy():
                 return fn(z, prompt)
 
         return locked
