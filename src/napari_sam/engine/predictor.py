@@ -11,6 +11,7 @@ embedding instead of running the encoder (:meth:`set_embedding`).
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import ImageNotSetError, InvalidImageError, InvalidPromptError
+from ..model.mask_decoder import upscale_masks
 from ..model.sam import Sam
 from ..model.transforms import ResizeLongestSide
-from .device import autocast_dtype, resolve_precision
+from .device import autocast_dtype, compile_module, compile_requested, resolve_precision
 from .normalize import to_uint8_rgb
 from .prompts import check_box, check_mask_input, check_points
 
@@ -43,12 +45,23 @@ class Embedding:
 class SamPredictor:
     """Two-phase SAM inference: :meth:`set_image` once, :meth:`predict` per prompt."""
 
-    def __init__(self, sam_model: Sam, precision: str | None = None) -> None:
+    def __init__(self, sam_model: Sam, precision: str | None = None, compile: bool | None = None) -> None:
+        """Args:
+            sam_model: the model (its device is used).
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder; ``None`` means
+                ``sam_model.precision`` if set, else ``NAPARI_SAM_PRECISION``, else the device's
+                default (:func:`napari_sam.engine.device.default_precision`). Unsupported choices
+                fall back with a warning.
+            compile: compile the image encoder with ``torch.compile`` on first use (opt-in; ``None``
+                reads ``NAPARI_SAM_COMPILE=1``). Falls back to eager with a warning if compiling fails.
+        """
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.precision = resolve_precision(
             precision if precision is not None else getattr(sam_model, "precision", None), self.device
         )
+        self.compile = compile_requested(compile)
+        self._compiled_encoder = None
         self.reset_image()
 
     @property
@@ -99,12 +112,37 @@ class SamPredictor:
         )
 
     def encode(self, transformed_image: torch.Tensor) -> torch.Tensor:
-        """Run the image encoder on resized (B, 3, h, w) pixels; returns float32 (B, C, h', w')."""
+        """Run the image encoder on resized (B, 3, h, w) pixels; returns float32 (B, C, h', w').
+
+        Reduced precision runs under ``torch.autocast`` (matmuls, convolutions and
+        attention in bf16/fp16; normalisation in fp32), so the model's weights stay fp32.
+        """
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
         dtype = autocast_dtype(self.precision)
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), ctx:
+            if self.compile:
+                out = self._run_compiled(x)
+                if out is not None:
+                    return out.float()
             return self.model.image_encoder(x).float()
+
+    def _run_compiled(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The compiled encoder's output, or ``None`` (after one warning) if compiling fails."""
+        try:
+            if self._compiled_encoder is None:
+                self._compiled_encoder = compile_module(self.model.image_encoder)
+            return self._compiled_encoder(x)
+        except Exception as e:  # noqa: BLE001  (any compiler failure: fall back to eager)
+            warnings.warn(
+                f"torch.compile of the image encoder failed ({type(e).__name__}: {e}); "
+                "falling back to eager mode.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.compile = False
+            self._compiled_encoder = None
+            return None
 
     def set_embedding(self, embedding: Embedding | torch.Tensor | np.ndarray, original_size=None, input_size=None) -> None:
         """Use a precomputed embedding instead of running the encoder.
@@ -236,7 +274,11 @@ class SamPredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-        masks = self.model.postprocess_masks(low_res, emb.input_size, emb.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        masks = upscale_masks(
+            low_res,
+            self.model.image_encoder.img_size,
+            emb.input_size,
+            emb.original_size,
+            threshold=None if return_logits else self.model.mask_threshold,
+        )
         return masks, iou, low_res

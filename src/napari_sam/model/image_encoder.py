@@ -4,10 +4,13 @@ Patch embedding, absolute position embedding, transformer blocks with windowed
 attention (and a few global-attention blocks), each with a decomposed relative
 position bias, followed by a convolutional neck down to ``out_chans`` channels.
 
-Attention runs through ``scaled_dot_product_attention``. The relative position
-bias is folded into the query/key product by augmenting queries with their
-bias terms and keys with one-hot row/column indicators, so no full
-(tokens x tokens) bias matrix is materialised beside the attention itself.
+The relative position bias enters attention as an additive mask. In fp32 the
+fused ``scaled_dot_product_attention`` kernel runs it; in bf16/fp16 explicit
+batched matmuls do (faster on CPU). Global blocks build the bias for a block of
+query rows at a time (``_BIAS_CHUNK_ELEMS``), so no (heads, tokens, tokens)
+matrix is ever held in full: peak memory stays a few hundred MB for vit_b at
+1024 px instead of several GB. Numerically this matches Meta's formulation
+(tests/test_parity_reference.py).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, H, W) -> (B, H', W', embed_dim)
-        return self.proj(x).permute(0, 2, 3, 1)
+        # (B, C, H, W) -> (B, H', W', embed_dim), made contiguous once here so the
+        # residual stream (and every LayerNorm on it) stays in channels-last memory.
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -82,31 +86,101 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         else:
             out = self._attend_with_rel_pos(q, k, v, H, W)
-        out = out.transpose(1, 2).reshape(B, H, W, -1)
-        return self.proj(out)
+        return self.proj(out.reshape(B, H, W, -1))
 
-    def _attend_with_rel_pos(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int
-    ) -> torch.Tensor:
+    def _rel_terms(self, q: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decomposed bias terms: (B, heads, H, W, H) over key rows and (B, heads, H, W, W) over key columns."""
         B, nh, N, C = q.shape
         Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)  # (H, H, C)
         Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)  # (W, W, C)
         r_q = q.reshape(B, nh, H, W, C)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, nh, N, H)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, nh, N, W)
-        # Keys carry one-hot indicators of their row and column, so that
-        # q_aug . k_aug = scale * q.k + rel_h[key row] + rel_w[key col].
-        rows = torch.arange(H, device=q.device).repeat_interleave(W)
-        cols = torch.arange(W, device=q.device).repeat(H)
-        eye_h = F.one_hot(rows, H).to(q.dtype)
-        eye_w = F.one_hot(cols, W).to(q.dtype)
-        k_ind = torch.cat([eye_h, eye_w], dim=-1).expand(B, nh, N, H + W)
-        q_aug = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)
-        k_aug = torch.cat([k, k_ind], dim=-1)
-        return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+        return rel_h, rel_w
+
+    def _attend_with_rel_pos(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int
+    ) -> torch.Tensor:
+        """Attention with the additive decomposed bias; returns (B, N, heads, head_dim).
+
+        The bias for a block of query rows is materialised only for that block
+        (at most ``_BIAS_CHUNK_ELEMS`` elements), so global attention over
+        64 x 64 tokens never holds a full (heads, N, N) matrix.
+        """
+        B, nh, N, C = q.shape
+        rel_h, rel_w = self._rel_terms(q, H, W)
+        rows_per_chunk = max(1, min(H, _BIAS_CHUNK_ELEMS // max(1, B * nh * W * N)))
+        # Training (autograd): no out= buffers, chunks concatenated instead of written in place.
+        grad = torch.is_grad_enabled() and (q.requires_grad or rel_h.requires_grad)
+        buf = None if grad else q.new_empty(B, nh, rows_per_chunk * W, N)
+        explicit = q.dtype in (torch.bfloat16, torch.float16)
+        if explicit:  # prepare the matmul operands once, not per chunk
+            k = k.reshape(B * nh, N, C).transpose(1, 2).contiguous()  # (B*heads, C, N)
+            v = v.reshape(B * nh, N, C)
+        out = None if grad else q.new_empty(B, N, nh, C)
+        parts = []
+        for r0 in range(0, H, rows_per_chunk):
+            r1 = min(H, r0 + rows_per_chunk)
+            chunk_buf = None if buf is None else buf[:, :, : (r1 - r0) * W]
+            bias = _bias_block(rel_h[:, :, r0:r1], rel_w[:, :, r0:r1], chunk_buf)
+            qc = q[:, :, r0 * W : r1 * W]
+            if explicit:
+                res = _attend_explicit(qc, k, v, bias, self.scale)
+            else:
+                res = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias, scale=self.scale)
+            if out is None:
+                parts.append(res.transpose(1, 2))
+            else:
+                out[:, r0 * W : r1 * W] = res.transpose(1, 2)
+        return torch.cat(parts, dim=1) if out is None else out
+
+
+def _bias_block(rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Write ``rel_h[..., kh] + rel_w[..., kw]`` for every key (kh, kw) into ``out``.
+
+    rel_h: (B, heads, r, W, H), rel_w: (B, heads, r, W, W) -> out (B, heads, r*W, H*W).
+    ``out=None`` (autograd) allocates a new tensor instead.
+    Small windows use a matmul with one-hot key indicators (short broadcast
+    loops are slow); large grids a broadcast add written straight into the
+    contiguous buffer (letting broadcasting choose the layout would follow the
+    einsum's permuted strides: a slow add plus a copy).
+    """
+    B, nh, r, W, H = rel_h.shape
+    if W * H <= _SMALL_GRID:
+        keys = torch.arange(H * W, device=rel_h.device)
+        ind = torch.cat([F.one_hot(keys // W, H), F.one_hot(keys % W, W)], dim=1).to(rel_h.dtype)  # (H*W, H+W)
+        terms = torch.cat([rel_h, rel_w], dim=-1).reshape(-1, H + W)
+        if out is None:
+            return torch.matmul(terms, ind.T).view(B, nh, r * W, H * W)
+        return torch.matmul(terms, ind.T, out=out.view(-1, H * W)).view(out.shape)
+    if out is None:
+        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, r * W, H * W)
+    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out.view(B, nh, r, W, H, W))
+    return out
+
+
+def _attend_explicit(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale * q k^T + bias) v with explicit batched matmuls.
+
+    q: (B, heads, Lq, C), kt: (B*heads, C, Lk), v: (B*heads, Lk, C), bias: (B, heads, Lq, Lk)
+    -> (B, heads, Lq, C). In bf16/fp16 on CPU the matmuls run on the native
+    reduced-precision GEMM (oneDNN, AMX where present), which beats the fused
+    SDPA kernel there; in fp32 the fused kernel is faster.
+    """
+    B, nh, Lq, C = q.shape
+    scores = torch.baddbmm(bias.view(B * nh, Lq, -1), q.reshape(B * nh, Lq, C), kt, alpha=scale)
+    attn = torch.softmax(scores, dim=-1)
+    del scores
+    return torch.bmm(attn, v).view(B, nh, Lq, C)
+
+
+# Largest bias block (elements) materialised at once by global attention (~64 MB in fp32).
+_BIAS_CHUNK_ELEMS = 16 * 1024 * 1024
+# Key grids up to this many tokens (14 x 14 windows) build their bias with a matmul.
+_SMALL_GRID = 32 * 32
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
