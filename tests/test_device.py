@@ -28,6 +28,9 @@ def test_unavailable_or_unknown_device():
 
 
 def test_precision_fallbacks(monkeypatch):
+    import napari_sam.engine.device as device
+
+    monkeypatch.setattr(device, "_cpu_has_fast_bf16", lambda: True)
     cpu = torch.device("cpu")
     monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
     assert resolve_precision(None, cpu) == "fp32"
@@ -38,3 +41,11 @@ def test_precision_fallbacks(monkeypatch):
     assert resolve_precision(None, cpu) == "bf16"
     with pytest.raises(DeviceError, match="Unknown precision"):
         resolve_precision("int3", cpu)
+
+
+def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch):
+    import napari_sam.engine.device as device
+
+    monkeypatch.setattr(device, "_cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="fp32"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "fp32"
