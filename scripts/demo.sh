@@ -17,7 +17,9 @@ mkdir -p "$OUT"
 echo "== generating a sample image"
 .venv/bin/napari-sam sample cells --out "$OUT/cells.tif" --overwrite
 echo "== automatic segmentation of every nucleus"
-.venv/bin/napari-sam segment "$OUT/cells.tif" --out "$OUT/labels.tif" --overwrite
+# the small bundled model predicts lower IoU scores than SAM: relax the reference's 0.88 / 0.95 filters
+.venv/bin/napari-sam segment "$OUT/cells.tif" --out "$OUT/labels.tif" --overwrite \
+  --pred-iou-thresh 0.5 --stability-score-thresh 0.8
 echo "== one nucleus from one click"
 .venv/bin/python - "$OUT" <<'PY'
 import sys
@@ -25,7 +27,7 @@ import numpy as np, tifffile
 from scipy import ndimage
 out = sys.argv[1]
 truth = tifffile.imread(f"{out}/cells_labels.tif")
-found = tifffile.imread(f"{out}/labels.tif")
+found = tifffile.imread(f"{out}/labels.tif").reshape(truth.shape)
 # click at the centre of the first true nucleus
 r, c = (int(round(v)) for v in ndimage.center_of_mass(truth == 1))
 print(f"clicking at (row {r}, col {c})")
