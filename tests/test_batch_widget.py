@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference_models import two_disc_stack  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
 def _stack(n_z=4, shape=(40, 48)):
-    from skimage.draw import disk
-
-    truth = np.zeros((n_z, *shape), np.int32)
-    for z in range(n_z):
-        truth[z][disk((12 + z, 12), 7, shape=shape)] = 1
-        truth[z][disk((26, 34 - z), 8, shape=shape)] = 2
-    img = (truth > 0) * 1500 + 200 + np.random.default_rng(0).normal(0, 10, truth.shape)
-    return img.astype(np.uint16), truth
+    return two_disc_stack(n_z, shape)
 
 
 def test_batch_widget_runs_a_stack_into_a_zarr_backed_labels_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):

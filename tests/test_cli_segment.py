@@ -11,17 +11,11 @@ from napari_sam.cli import main
 from napari_sam.engine import slice_segmenter
 from napari_sam.engine.batch import open_labels
 from napari_sam.engine.slice_segmenter import otsu_labels
+from reference_models import two_disc_stack  # noqa: E402
 
 
 def _stack(n_z=4, shape=(40, 48)):
-    from skimage.draw import disk
-
-    truth = np.zeros((n_z, *shape), np.int32)
-    for z in range(n_z):
-        truth[z][disk((12 + z, 12), 7, shape=shape)] = 1
-        truth[z][disk((26, 34 - z), 8, shape=shape)] = 2
-    img = (truth > 0) * 1500 + 200 + np.random.default_rng(0).normal(0, 10, truth.shape)
-    return img.astype(np.uint16), truth
+    return two_disc_stack(n_z, shape)
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import perturbed_state_dict
+from reference_models import reference_sam
 
 segment_anything = pytest.importorskip("segment_anything")
 
@@ -33,32 +34,9 @@ def _pair(model_type: str, ref_builder):
 
 def _ref_tiny():
     """Meta's modules configured like napari-sam's 'tiny' architecture."""
-    from functools import partial
-
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
     from napari_sam.model.config import TINY
 
-    e, d = TINY.encoder, TINY.decoder
-    grid = e.img_size // e.patch_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=e.img_size, patch_size=e.patch_size, embed_dim=e.embed_dim, depth=e.depth,
-            num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, out_chans=e.out_chans, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
-            window_size=e.window_size, global_attn_indexes=e.global_attn_indexes,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=e.out_chans, image_embedding_size=(grid, grid),
-            input_image_size=(e.img_size, e.img_size), mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=d.transformer_depth, embedding_dim=e.out_chans,
-                                          mlp_dim=d.transformer_mlp_dim, num_heads=d.transformer_num_heads),
-            transformer_dim=e.out_chans, iou_head_depth=d.iou_head_depth, iou_head_hidden_dim=d.iou_head_hidden_dim,
-        ),
-    )
+    return reference_sam(TINY)
 
 
 def _image(h: int, w: int) -> np.ndarray:

@@ -6,11 +6,12 @@ Runs on a very small random SAM (64 px input, depth 2) so each test takes about 
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
+
+from reference_models import reference_sam
 
 from napari_sam.errors import TrainingError
 from napari_sam.model.build import build_from_config
@@ -96,26 +97,7 @@ def test_whole_model_training_changes_encoder(tmp_path):
 
 
 def _reference_small():
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    e, d = SMALL.encoder, SMALL.decoder
-    grid = e.img_size // e.patch_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=e.img_size, patch_size=e.patch_size, embed_dim=e.embed_dim, depth=e.depth,
-            num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, out_chans=e.out_chans, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
-            window_size=e.window_size, global_attn_indexes=e.global_attn_indexes,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=e.out_chans, image_embedding_size=(grid, grid),
-                                     input_image_size=(e.img_size, e.img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=d.transformer_depth, embedding_dim=e.out_chans,
-                                          mlp_dim=d.transformer_mlp_dim, num_heads=d.transformer_num_heads),
-            transformer_dim=e.out_chans, iou_head_depth=d.iou_head_depth, iou_head_hidden_dim=d.iou_head_hidden_dim,
-        ),
-    )
+    return reference_sam(SMALL)
 
 
 def test_checkpoint_loads_strictly_here_and_in_reference(tmp_path):
