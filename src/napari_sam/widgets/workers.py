@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any
 
+from ..engine.progress import run_blocking
+
 SYNC_ENV = "NAPARI_SAM_SYNC"
 
 
@@ -64,13 +66,7 @@ def start_generator_job(
     if sync_mode():
         job = Job(None, tag)
         try:
-            gen = make_gen()
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+            result = run_blocking(make_gen())
         except Exception as e:  # noqa: BLE001  (reported, never raised into Qt)
             on_error(e)
         else:
