@@ -57,11 +57,11 @@ class MaskDecoder(nn.Module):
             low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M),
             M = 3 with ``multimask_output`` else 1.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
+        tokens, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou_pred[:, sl]
+        h, w = image_embeddings.shape[-2:]
+        masks = self.masks_from(src, tokens, (h, w), sl)
+        return masks, self.iou_prediction_head(tokens[:, 0, :])[:, sl]
 
     def predict_masks(
         self,
@@ -70,44 +70,65 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` mask logits (B, M, 4h, 4w) and IoU predictions (B, M)."""
+        tokens, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        h, w = image_embeddings.shape[-2:]
+        return self.masks_from(src, tokens, (h, w)), self.iou_prediction_head(tokens[:, 0, :])
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer: output tokens (B, 1 + M + K, C) and image tokens (B or 1, h*w, C).
+
+        Token 0 is the IoU token, tokens 1..M the mask tokens.
+        """
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-
         # Broadcasting instead of repeating the (1, C, h, w) embedding and positional
         # encoding B times. Without mask prompts the dense embedding is one vector
         # expanded over the batch (stride 0), so the image side enters the
-        # transformer once, batch 1, and is broadcast inside its first layer.
+        # transformer once, batch 1, and is shared inside its first layer.
         dense = dense_prompt_embeddings
         if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]
-        src = image_embeddings + dense
-        pos_src = image_pe
-        _, c, h, w = src.shape
+        return self.transformer(image_embeddings + dense, image_pe, tokens)
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        if src.shape[0] != B:
-            src = src.expand(B, -1, -1)
-        b = B
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+    def masks_from(
+        self, src: torch.Tensor, tokens: torch.Tensor, hw: tuple[int, int], which: slice = slice(None)
+    ) -> torch.Tensor:
+        """Mask logits (n, M, 4h, 4w) from image tokens ``src`` (n or 1, h*w, C) and output ``tokens`` (n, ., C).
 
-        # (B, h*w, C) is already the channels-last layout of (B, C, h, w): view it as
-        # such (no copy); the transposed convolutions keep channels-last.
-        src = src.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        upscaled = self.output_upscaling(src)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        b, c, h, w = upscaled.shape
-        if upscaled.is_contiguous():
-            masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        else:  # channels-last: (B, h*w, c) @ (B, c, M), no copy of the upscaled features
-            pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
-        iou_pred = self.iou_prediction_head(iou_token_out)
-        return masks, iou_pred
+        ``which`` selects the mask tokens (default: all ``num_mask_tokens``).
+        The upscaling (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) is done as
+        per-pixel matrix products on channels-last features: a 2x2 stride-2
+        transposed convolution maps each input pixel to its own 2x2 output block,
+        so the pixel shuffle is postponed to the final (n, M) logits, which are
+        far smaller than the (n, C/8, 4h, 4w) features.
+        """
+        n = tokens.shape[0]
+        h, w = hw
+        mlps = list(self.output_hypernetworks_mlps)[which]
+        first = range(self.num_mask_tokens)[which]
+        hyper_in = torch.stack([mlp(tokens[:, 1 + i, :]) for i, mlp in zip(first, mlps)], 1)  # (n, M, C/8)
+        up1, ln, act1, up2, act2 = self.output_upscaling
+        b, c = src.shape[0], src.shape[-1]
+        c4, c8 = up1.out_channels, up2.out_channels
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # (C, [sub-row, sub-col, out])
+        x = torch.addmm(up1.bias.repeat(4), src.reshape(b * h * w, c), w1)  # (b*h*w, 4 * c4)
+        x = act1(F.layer_norm(x.view(b * h * w * 4, c4), (c4,), ln.weight, ln.bias, ln.eps))
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
+        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))  # (b*h*w*4, 4 * c8)
+        x = x.view(b, h * w * 16, c8)
+        m = torch.matmul(x, hyper_in.transpose(1, 2))  # (n, h*w*16, M): broadcasts a batch-1 image side
+        # (n, i, j, a, b, c, e, M) -> (n, M, i a c, j b e): row 4i + 2a + c, column 4j + 2b + e
+        M = m.shape[-1]
+        return m.view(n, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(n, M, 4 * h, 4 * w)
 
 
 def upscale_masks(

@@ -11,8 +11,36 @@ from torch import nn
 from .common import MLPBlock
 
 
+def _softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a few prompt tokens).
+
+    torch's CPU kernel is slow for rows of a handful of elements (about 6x here for
+    rows of 7); without autograd this does it in place with whole-tensor operations.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.softmax(dim=-1)
+    x = x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
+
+
 class Attention(nn.Module):
-    """Multi-head attention with optional down-projection of the internal width."""
+    """Multi-head attention with optional down-projection of the internal width.
+
+    Computes exactly SAM's attention (up to float rounding), but where one side is a
+    handful of prompt tokens and the other the h*w image tokens, the linear maps
+    around the attention are folded onto the small side instead of projecting every
+    image token (for a batch of B prompts this is most of the decoder's work):
+
+    - few queries, many keys (tokens -> image): the key projection is folded into
+      the queries and the value projection applied after the attention (softmax
+      rows sum to 1, so the value bias passes through; the key bias shifts every
+      score of a row equally and cancels);
+    - many queries, few keys (image -> tokens): the query projection is folded into
+      the keys and the output projection into the values.
+
+    An image side of batch 1 is shared by all B prompts: it is projected once and
+    never repeated B times.
+    """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -30,17 +58,87 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(Bq, Nq, C) queries, (Bk, Nk, C) keys and values -> (B, Nq, C); a batch of 1 broadcasts.
+
+        With ``residual`` (broadcastable to the output), returns ``residual + attention``
+        (fused into the last matrix product where the image side is large).
+        """
+        nq, nk = q.shape[1], k.shape[1]
+        few = self.num_heads * min(nq, nk)  # rows of the folded small side
+        if 4 * few <= nq + nk:  # one side is the large image side
+            big, small = (k, q) if nq < nk else (q, k)
+            shared = big.shape[0] == 1 and small.shape[0] > 1
+            if shared or few <= self.internal_dim:  # else folding would cost more than projecting
+                if nq >= nk:
+                    return self._many_queries(q, k, v, residual)
+                out = self._few_queries(q, k, v)
+                return out if residual is None else residual + out
+        out = self._plain(q, k, v)
+        return out if residual is None else residual + out
+
+    def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        # Inputs may have batch 1 where the others have batch B (the image side of a
-        # prompt batch before it diverges): project once, then broadcast.
         b = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens q (B, N, C) attending to image tokens k, v (1 or B, HW, C)."""
+        H = self.num_heads
+        B, N, _ = q.shape
+        qp = self.q_proj(q)
+        d = qp.shape[-1] // H
+        scale = 1.0 / math.sqrt(d)
+        if k.shape[0] == 1 and B > 1:  # shared image: project it once, stack every prompt's queries
+            qh = qp.reshape(1, B * N, H, d).transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                qh, self._separate_heads(self.k_proj(k)), self._separate_heads(self.v_proj(v)), scale=scale
+            )
+            return self.out_proj(out.transpose(1, 2).reshape(B, N, H * d))
+        C = k.shape[-1]
+        qh = self._separate_heads(qp)  # (B, H, N, d)
+        qk = torch.einsum("bhnd,hdc->bchn", qh, self.k_proj.weight.view(H, d, C)).reshape(B, C, H * N)
+        # (HW, C) @ (C, H*N): the image side stays in its own layout (no transposed copy); the key bias cancels
+        scores = torch.matmul(k, qk).mul_(scale)  # (B, HW, H*N)
+        p = scores.softmax(dim=1).transpose(1, 2)  # (B, H*N, HW)
+        pv = torch.matmul(p, v).view(B, H, N, C)
+        out = torch.einsum("bhnc,hdc->bhnd", pv, self.v_proj.weight.view(H, d, C)) + self.v_proj.bias.view(1, H, 1, d)
+        return self.out_proj(out.transpose(1, 2).reshape(B, N, H * d))
+
+    def _many_queries(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Image tokens q (1 or B, HW, C) attending to prompt tokens k, v (B, N, C)."""
+        H = self.num_heads
+        B, N, C = k.shape
+        d = self.internal_dim // H
+        scale = 1.0 / math.sqrt(d)
+        kh = self._separate_heads(self.k_proj(k))  # (B, H, N, d)
+        vh = self._separate_heads(self.v_proj(v))
+        HW = q.shape[1]
+        if q.shape[0] == 1 and B > 1:  # shared image queries: project once, one product over all prompts' keys
+            qh = self._separate_heads(self.q_proj(q))[0]  # (H, HW, d)
+            scores = torch.bmm(qh, kh.permute(1, 3, 0, 2).reshape(H, d, B * N))  # (H, HW, B*N)
+            p = _softmax_last(scores.mul_(scale).view(H, HW, B, N)).permute(2, 1, 0, 3).reshape(B, HW, H * N)
+        else:  # fold the query projection into the keys: (HW, C) @ (C, H*N) instead of projecting HW queries
+            kq = torch.einsum("bhnd,hdc->bchn", kh, self.q_proj.weight.view(H, d, C)).reshape(B, C, H * N)
+            kb = (kh * self.q_proj.bias.view(1, H, 1, d)).sum(-1).reshape(B, 1, H * N)
+            scores = torch.baddbmm(kb, q, kq)  # (B, HW, H*N)
+            p = _softmax_last(scores.mul_(scale).view(B, HW, H, N)).view(B, HW, H * N)
+        # out_proj(concat over heads of p_h @ v_h) == p @ (v_h @ W_o,h^T) + b_o; each head's
+        # probabilities sum to 1, so adding b_o / H to every row of the product adds b_o
+        u = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(C, H, d))
+        u = (u + self.out_proj.bias / H).reshape(B, H * N, C)
+        if residual is None:
+            return torch.bmm(p, u)
+        return torch.baddbmm(residual, p, u)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -73,14 +171,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        k = keys + key_pe  # the same image side for both cross attentions
         q = queries + query_pe
-        k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
         return queries, keys
 
 
