@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The recipe used for the shipped weights (see docs/models.md).
 DEFAULTS = dict(
-    learning_rate=6e-4, weight_decay=0.05, warmup_steps=60, min_lr_ratio=0.05, images_per_step=2,
-    objects_per_image=6, n_interactions=3, point_probability=0.5, box_noise=0.1, augment=True,
-    checkpoint_every=50, checkpoint_minutes=4.0, bf16=True,
+    learning_rate=6e-4, weight_decay=0.05, warmup_steps=200, min_lr_ratio=0.05, images_per_step=2,
+    objects_per_image=8, n_interactions=3, point_probability=0.5, box_noise=0.1, augment=True,
+    checkpoint_every=250, checkpoint_minutes=4.0, bf16=True,
 )
 
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "src/napari_sam/weights/tiny.pt"))
     ap.add_argument("--work-dir", default=str(REPO / "build/train_tiny"))
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much time")
