@@ -4,7 +4,7 @@
 tests; a fallback where workers misbehave). Otherwise a job runs in napari's
 ``create_worker`` and its :class:`~napari_sam.engine.progress.Progress` yields drive
 a ``napari.utils.progress`` bar in the activity dock; ``Job.cancel()`` stops it at
-the next yield.
+the next yield and closes its generator in the worker thread.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from ..engine.progress import run_blocking
 
 SYNC_ENV = "NAPARI_SAM_SYNC"
+_CANCELLED = object()  # what a cancelled job's worker returns (not passed to on_return)
 
 
 def sync_mode() -> bool:
@@ -37,9 +38,13 @@ class Job:
         return not self.done
 
     def cancel(self) -> None:
+        """Ask the job to stop at its next progress step.
+
+        The job's generator is then closed in the worker thread, so its own clean-up
+        (``finally`` / ``GeneratorExit``: e.g. training saving its last checkpoint)
+        runs before the job reports finished; ``on_return`` is not called.
+        """
         self.cancelled = True
-        if self.worker is not None and not self.done:
-            self.worker.quit()
 
 
 def _update_bar(bar: Any, p: Any) -> None:
@@ -79,12 +84,27 @@ def start_generator_job(
     from napari.qt.threading import create_worker
     from napari.utils import progress
 
+    job = Job(None, tag)
+    job.done = False
+
     def work():
+        # Cooperative cancel instead of worker.quit(): quitting leaves the generator
+        # suspended (closed only when garbage-collected, on whichever thread that is).
         gen = make_gen()
-        return (yield from gen)
+        try:
+            while True:
+                if job.cancelled:
+                    return _CANCELLED
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                yield p
+        finally:
+            gen.close()
 
     worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-    job = Job(worker, tag)
+    job.worker = worker
     bar = progress(total=0, desc=description)
 
     def finished():
@@ -94,7 +114,7 @@ def start_generator_job(
             on_finish()
 
     worker.yielded.connect(lambda p: _update_bar(bar, p))
-    worker.returned.connect(on_return)
+    worker.returned.connect(lambda result: None if result is _CANCELLED else on_return(result))
     worker.errored.connect(on_error)
     worker.finished.connect(finished)
     worker.start()
