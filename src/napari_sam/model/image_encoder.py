@@ -116,29 +116,42 @@ class Attention(nn.Module):
         """
         B, nh, N, C = q.shape
         rel_h, rel_w = self._rel_terms(q, H, W)
-        rows_per_chunk = max(1, min(H, _BIAS_CHUNK_ELEMS // max(1, B * nh * W * N)))
         # Training (autograd): no out= buffers, chunks concatenated instead of written in place.
         grad = torch.is_grad_enabled() and (q.requires_grad or rel_h.requires_grad)
-        buf = None if grad else q.new_empty(B, nh, rows_per_chunk * W, N)
         explicit = q.dtype in (torch.bfloat16, torch.float16)
-        if explicit:  # prepare the matmul operands once, not per chunk
-            k = k.reshape(B * nh, N, C).transpose(1, 2).contiguous()  # (B*heads, C, N)
-            v = v.reshape(B * nh, N, C)
+        if explicit:
+            # Reduced precision: small blocks of (heads, query rows) whose scores stay in
+            # cache through bias add, softmax and the second matmul (about 30 % faster
+            # than large blocks for global attention at 64 x 64 tokens).
+            heads = max(1, min(nh, _EXPLICIT_CHUNK_ELEMS // max(1, B * W * N)))
+            budget = _EXPLICIT_CHUNK_ELEMS
+            k = k.transpose(2, 3).contiguous()  # (B, heads, C, N): the matmul operands prepared once
+            v = v.contiguous()
+        else:
+            heads, budget = nh, _BIAS_CHUNK_ELEMS
+        rows_per_chunk = max(1, min(H, budget // max(1, B * heads * W * N)))
+        buf = None if grad else q.new_empty(B * heads * rows_per_chunk * W * N)
         out = None if grad else q.new_empty(B, N, nh, C)
         parts = []
         for r0 in range(0, H, rows_per_chunk):
             r1 = min(H, r0 + rows_per_chunk)
-            chunk_buf = None if buf is None else buf[:, :, : (r1 - r0) * W]
-            bias = _bias_block(rel_h[:, :, r0:r1], rel_w[:, :, r0:r1], chunk_buf)
-            qc = q[:, :, r0 * W : r1 * W]
-            if explicit:
-                res = _attend_explicit(qc, k, v, bias, self.scale)
-            else:
-                res = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias, scale=self.scale)
+            row_parts = []
+            for h0 in range(0, nh, heads):
+                h1 = min(nh, h0 + heads)
+                shape = (B, h1 - h0, (r1 - r0) * W, N)  # a contiguous view of the buffer's start
+                chunk_buf = None if buf is None else buf[: shape[0] * shape[1] * shape[2] * N].view(shape)
+                bias = _bias_block(rel_h[:, h0:h1, r0:r1], rel_w[:, h0:h1, r0:r1], chunk_buf)
+                qc = q[:, h0:h1, r0 * W : r1 * W]
+                if explicit:
+                    res = _attend_explicit(qc, k[:, h0:h1], v[:, h0:h1], bias, self.scale)
+                else:
+                    res = F.scaled_dot_product_attention(qc, k[:, h0:h1], v[:, h0:h1], attn_mask=bias, scale=self.scale)
+                if out is None:
+                    row_parts.append(res.transpose(1, 2))
+                else:
+                    out[:, r0 * W : r1 * W, h0:h1] = res.transpose(1, 2)
             if out is None:
-                parts.append(res.transpose(1, 2))
-            else:
-                out[:, r0 * W : r1 * W] = res.transpose(1, 2)
+                parts.append(torch.cat(row_parts, dim=2))
         return torch.cat(parts, dim=1) if out is None else out
 
 
@@ -169,20 +182,23 @@ def _bias_block(rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor | No
 def _attend_explicit(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale * q k^T + bias) v with explicit batched matmuls.
 
-    q: (B, heads, Lq, C), kt: (B*heads, C, Lk), v: (B*heads, Lk, C), bias: (B, heads, Lq, Lk)
+    q: (B, heads, Lq, C), kt: (B, heads, C, Lk), v: (B, heads, Lk, C), bias: (B, heads, Lq, Lk)
     -> (B, heads, Lq, C). In bf16/fp16 on CPU the matmuls run on the native
     reduced-precision GEMM (oneDNN, AMX where present), which beats the fused
     SDPA kernel there; in fp32 the fused kernel is faster.
     """
     B, nh, Lq, C = q.shape
-    scores = torch.baddbmm(bias.view(B * nh, Lq, -1), q.reshape(B * nh, Lq, C), kt, alpha=scale)
+    Lk = kt.shape[-1]
+    scores = torch.baddbmm(bias.reshape(B * nh, Lq, Lk), q.reshape(B * nh, Lq, C), kt.reshape(B * nh, C, Lk), alpha=scale)
     attn = torch.softmax(scores, dim=-1)
     del scores
-    return torch.bmm(attn, v).view(B, nh, Lq, C)
+    return torch.bmm(attn, v.reshape(B * nh, Lk, C)).view(B, nh, Lq, C)
 
 
 # Largest bias block (elements) materialised at once by global attention (~64 MB in fp32).
 _BIAS_CHUNK_ELEMS = 16 * 1024 * 1024
+# The same in bf16/fp16, where blocks are also split over heads (~2 MB: stays in cache).
+_EXPLICIT_CHUNK_ELEMS = 1024 * 1024
 # Key grids up to this many tokens (14 x 14 windows) build their bias with a matmul.
 _SMALL_GRID = 32 * 32
 
