@@ -68,10 +68,15 @@ def test_bias_and_explicit_attention_match_reference(hw):
 
 
 @pytest.mark.parametrize("threshold", [None, 0.0])
-def test_chunked_upscale_equals_postprocess(tiny_model, threshold):
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((192, 256), (150, 200)), ((256, 171), (600, 400)), ((255, 256), (999, 1001)), ((3, 256), (2, 180)),
+     ((256, 256), (256, 256))],
+)
+def test_chunked_upscale_equals_postprocess(tiny_model, threshold, input_size, original_size):
+    """Bit-identical to the reference's upscale-crop-resize, including the cropped-rows shortcut."""
     g = torch.Generator().manual_seed(2)
     low = torch.randn(5, 3, 64, 64, generator=g)
-    input_size, original_size = (192, 256), (150, 200)
     expected = tiny_model.postprocess_masks(low, input_size, original_size)
     if threshold is not None:
         expected = expected > threshold

@@ -57,11 +57,8 @@ class MaskDecoder(nn.Module):
             low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M),
             M = 3 with ``multimask_output`` else 1.
         """
-        tokens, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        h, w = image_embeddings.shape[-2:]
-        masks = self.masks_from(src, tokens, (h, w), sl)
-        return masks, self.iou_prediction_head(tokens[:, 0, :])[:, sl]
+        return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl)
 
     def predict_masks(
         self,
@@ -69,11 +66,12 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        which: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` mask logits (B, M, 4h, 4w) and IoU predictions (B, M)."""
+        """Mask logits (B, M, 4h, 4w) and IoU predictions (B, M) of the mask tokens ``which`` (default: all)."""
         tokens, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         h, w = image_embeddings.shape[-2:]
-        return self.masks_from(src, tokens, (h, w)), self.iou_prediction_head(tokens[:, 0, :])
+        return self.masks_from(src, tokens, (h, w), which), self.iou_prediction_head(tokens[:, 0, :])[:, which]
 
     def attend(
         self,
@@ -112,10 +110,21 @@ class MaskDecoder(nn.Module):
         far smaller than the (n, C/8, 4h, 4w) features.
         """
         n = tokens.shape[0]
-        h, w = hw
         mlps = list(self.output_hypernetworks_mlps)[which]
         first = range(self.num_mask_tokens)[which]
         hyper_in = torch.stack([mlp(tokens[:, 1 + i, :]) for i, mlp in zip(first, mlps)], 1)  # (n, M, C/8)
+        # A few prompts at a time, so that each chunk's upscaled features (the largest
+        # intermediate, h*w*16 x C/8 per prompt) stay in the CPU's last-level cache.
+        per_prompt = hw[0] * hw[1] * 16 * self.output_upscaling[3].out_channels * 4
+        step = max(1, _UPSCALE_CHUNK_BYTES // per_prompt)
+        if src.shape[0] == 1 or n <= step:
+            return self._upscale_and_project(src, hyper_in, hw)
+        return torch.cat([self._upscale_and_project(src[i : i + step], hyper_in[i : i + step], hw)
+                          for i in range(0, n, step)])
+
+    def _upscale_and_project(self, src: torch.Tensor, hyper_in: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        n = hyper_in.shape[0]
+        h, w = hw
         up1, ln, act1, up2, act2 = self.output_upscaling
         b, c = src.shape[0], src.shape[-1]
         c4, c8 = up1.out_channels, up2.out_channels
@@ -129,6 +138,10 @@ class MaskDecoder(nn.Module):
         # (n, i, j, a, b, c, e, M) -> (n, M, i a c, j b e): row 4i + 2a + c, column 4j + 2b + e
         M = m.shape[-1]
         return m.view(n, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(n, M, 4 * h, 4 * w)
+
+
+# Bytes of upscaled features per chunk of prompts in MaskDecoder.masks_from.
+_UPSCALE_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 def upscale_masks(
@@ -161,9 +174,19 @@ def upscale_masks(
     out = torch.empty((B, M, H, W), dtype=torch.bool if threshold is not None else low_res.dtype, device=low_res.device)
     flat_in = low_res.reshape(B * M, 1, *low_res.shape[2:])
     flat_out = out.view(B * M, 1, H, W)
-    step = max(1, chunk_pixels // (img_size * img_size + H * W))
+    # Only the low-res rows/columns that the crop to ``input_size`` reads are upscaled: with an
+    # integer factor f, upscaling the first r rows to r * f rows gives the same sampling
+    # positions and weights as the full upscale for every output row below (r - 1) * f.
+    lh, lw = low_res.shape[-2:]
+    rows, cols = lh, lw
+    if img_size % lh == 0 and img_size % lw == 0:
+        f_h, f_w = img_size // lh, img_size // lw
+        rows = min(lh, -(-int(input_size[0]) // f_h) + 1)
+        cols = min(lw, -(-int(input_size[1]) // f_w) + 1)
+    up_h, up_w = rows * img_size // lh, cols * img_size // lw
+    step = max(1, chunk_pixels // (up_h * up_w + H * W))
     for i in range(0, B * M, step):
-        x = F.interpolate(flat_in[i : i + step], (img_size, img_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(flat_in[i : i + step, :, :rows, :cols], (up_h, up_w), mode="bilinear", align_corners=False)
         x = x[..., : input_size[0], : input_size[1]]
         x = F.interpolate(x, (H, W), mode="bilinear", align_corners=False)
         if threshold is not None:
