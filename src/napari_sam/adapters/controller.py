@@ -14,8 +14,8 @@ drives it; so can the console::
 Threading: the controller never starts threads. Embedding a slice is offered
 as a progress generator (:meth:`embedding_job`) for the widget to run in a
 worker; a console call that needs an embedding computes it inline. Decoder
-predictions run on the calling (GUI) thread: ~25 ms for the tiny model,
-~150 ms for vit_b on a 2-thread CPU at 1024 px (benchmarks/bench_click.py); moving them to a
+predictions run on the calling (GUI) thread: a few ms for the tiny model, ~25 ms for vit_b
+on a 2-thread CPU (benchmarks/bench_engine.py, plus a few ms of plugin work); moving them to a
 worker would add latency and ordering problems for no gain at these sizes. A lock guards the
 Segmenter (:meth:`SamController.busy`); a prediction that finds it busy (an embedding running)
 is deferred until the embedding finishes instead of waiting.
