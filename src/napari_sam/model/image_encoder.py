@@ -122,7 +122,7 @@ class Attention(nn.Module):
         # Blocks of (heads, query rows) of at most `budget` score elements. In reduced precision
         # small blocks whose scores stay in cache through bias add, softmax and the second
         # matmul are about 30 % faster than large ones for global attention at 64 x 64 tokens.
-        budget = _EXPLICIT_CHUNK_ELEMS if explicit else _BIAS_CHUNK_ELEMS
+        budget = _EXPLICIT_CHUNK_ELEMS if explicit and H * W > _SMALL_GRID_CHUNK else _BIAS_CHUNK_ELEMS
         heads = max(1, min(nh, budget // max(1, B * W * N)))
         if explicit:
             k = k.transpose(2, 3).contiguous()  # (B, heads, C, N): the matmul operands prepared once
@@ -197,6 +197,8 @@ def _attend_explicit(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: t
 _BIAS_CHUNK_ELEMS = 16 * 1024 * 1024
 # The same in bf16/fp16, where blocks are also split over heads (~2 MB: stays in cache).
 _EXPLICIT_CHUNK_ELEMS = 1024 * 1024
+# Attention over at most this many tokens (windows) is done in one block in any precision.
+_SMALL_GRID_CHUNK = 32 * 32
 # Key grids up to this many tokens (14 x 14 windows) build their bias with a matmul.
 _SMALL_GRID = 32 * 32
 
