@@ -121,8 +121,9 @@ class Attention(nn.Module):
         explicit = q.dtype in (torch.bfloat16, torch.float16)
         # Blocks of (heads, query rows) of at most `budget` score elements. In reduced precision
         # small blocks whose scores stay in cache through bias add, softmax and the second
-        # matmul are about 30 % faster than large ones for global attention at 64 x 64 tokens.
-        budget = _EXPLICIT_CHUNK_ELEMS if explicit and H * W > _SMALL_GRID_CHUNK else _BIAS_CHUNK_ELEMS
+        # matmul are about 30 % faster than large ones for global attention at 64 x 64 tokens;
+        # windows (small grids) attend in one block in any precision.
+        budget = _EXPLICIT_CHUNK_ELEMS if explicit and H * W > _SMALL_GRID else _BIAS_CHUNK_ELEMS
         heads = max(1, min(nh, budget // max(1, B * W * N)))
         if explicit:
             k = k.transpose(2, 3).contiguous()  # (B, heads, C, N): the matmul operands prepared once
@@ -197,9 +198,7 @@ def _attend_explicit(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: t
 _BIAS_CHUNK_ELEMS = 16 * 1024 * 1024
 # The same in bf16/fp16, where blocks are also split over heads (~2 MB: stays in cache).
 _EXPLICIT_CHUNK_ELEMS = 1024 * 1024
-# Attention over at most this many tokens (windows) is done in one block in any precision.
-_SMALL_GRID_CHUNK = 32 * 32
-# Key grids up to this many tokens (14 x 14 windows) build their bias with a matmul.
+# Key grids up to this many tokens (14 x 14 windows) build their bias with a matmul and attend in one block.
 _SMALL_GRID = 32 * 32
 
 

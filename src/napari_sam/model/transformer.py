@@ -68,15 +68,15 @@ class Attention(nn.Module):
         """
         nq, nk = q.shape[1], k.shape[1]
         few = self.num_heads * min(nq, nk)  # rows of the folded small side
-        if 4 * few <= nq + nk:  # one side is the large image side
-            big, small = (k, q) if nq < nk else (q, k)
-            shared = big.shape[0] == 1 and small.shape[0] > 1
-            if shared or few <= self.internal_dim:  # else folding would cost more than projecting
-                if nq >= nk:
-                    return self._many_queries(q, k, v, residual)
-                out = self._few_queries(q, k, v)
-                return out if residual is None else residual + out
-        out = self._plain(q, k, v)
+        big, small = (k, q) if nq < nk else (q, k)
+        shared = big.shape[0] == 1 and small.shape[0] > 1
+        # fold when one side is the large image side, unless folding would cost more than projecting
+        if 4 * few <= nq + nk and (shared or few <= self.internal_dim):
+            if nq >= nk:
+                return self._many_queries(q, k, v, residual)
+            out = self._few_queries(q, k, v)
+        else:
+            out = self._plain(q, k, v)
         return out if residual is None else residual + out
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

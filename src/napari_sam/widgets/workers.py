@@ -84,9 +84,6 @@ def start_generator_job(
     from napari.qt.threading import create_worker
     from napari.utils import progress
 
-    job = Job(None, tag)
-    job.done = False
-
     def work():
         # Cooperative cancel instead of worker.quit(): quitting leaves the generator
         # suspended (closed only when garbage-collected, on whichever thread that is).
@@ -104,7 +101,7 @@ def start_generator_job(
             gen.close()
 
     worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-    job.worker = worker
+    job = Job(worker, tag)  # read by work() once the worker runs
     bar = progress(total=0, desc=description)
 
     def finished():
