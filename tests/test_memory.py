@@ -122,3 +122,22 @@ def test_training_path_matches_and_backpropagates(tiny_model, monkeypatch):
             assert blk.attn.rel_pos_h.grad is not None and blk.attn.rel_pos_h.grad.abs().sum() > 0
     finally:
         tiny_model.zero_grad(set_to_none=True)
+
+
+def test_reduced_precision_attention_in_head_and_row_blocks_matches_one_block(tiny_model, monkeypatch):
+    """bf16 global attention split over heads and query rows (uneven last blocks) = one block."""
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    grid = tiny_model.image_encoder.img_size // tiny_model.image_encoder.patch_embed.proj.stride[0]
+    heads = tiny_model.image_encoder.blocks[0].attn.num_heads
+    assert heads == 6
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(ie, "_SMALL_GRID", 0)  # treat every grid as a global one
+        monkeypatch.setattr(ie, "_EXPLICIT_CHUNK_ELEMS", 1 << 40)
+        whole = tiny_model.image_encoder(x).float()
+        # 4 of the 6 heads x 1 query row (a short last head block), then all heads x 3 rows
+        # (a short last row block); one row of scores of one head is grid * grid * grid elements
+        for budget in (4 * grid**3, heads * 3 * grid**3):
+            monkeypatch.setattr(ie, "_EXPLICIT_CHUNK_ELEMS", budget)
+            blocked = tiny_model.image_encoder(x).float()
+            torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-2)
+    assert whole.abs().max() > 0.1
