@@ -74,15 +74,34 @@ def test_bias_and_explicit_attention_match_reference(hw):
      ((256, 256), (256, 256))],
 )
 def test_chunked_upscale_equals_postprocess(tiny_model, threshold, input_size, original_size):
-    """Bit-identical to the reference's upscale-crop-resize, including the cropped-rows shortcut."""
+    """The interpolation path is bit-identical to the reference's upscale-crop-resize (cropped-rows
+    shortcut included); the separable sparse path (CPU default) equals it up to float rounding."""
     g = torch.Generator().manual_seed(2)
     low = torch.randn(5, 3, 64, 64, generator=g)
-    expected = tiny_model.postprocess_masks(low, input_size, original_size)
-    if threshold is not None:
-        expected = expected > threshold
-    got = upscale_masks(low, 256, input_size, original_size, threshold=threshold, chunk_pixels=256 * 256 * 2)
+    logits = tiny_model.postprocess_masks(low, input_size, original_size)
+    expected = logits > threshold if threshold is not None else logits
+    got = upscale_masks(low, 256, input_size, original_size, threshold=threshold, chunk_pixels=256 * 256 * 2,
+                        separable=False)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     assert torch.equal(got, expected)
+
+    sep = upscale_masks(low, 256, input_size, original_size, threshold=threshold, separable=True)
+    assert sep.dtype == expected.dtype and sep.shape == expected.shape
+    if threshold is None:
+        torch.testing.assert_close(sep, expected, rtol=0, atol=2e-6)
+    else:  # masks agree wherever the logit is not within rounding of the threshold
+        decided = (logits - threshold).abs() > 1e-5
+        assert torch.equal(sep[decided], expected[decided])
+        assert (sep != expected).float().mean() < 1e-5
+
+
+def test_separable_upscale_is_the_cpu_default(tiny_model):
+    """On the CPU upscale_masks uses the sparse separable resampling (it never builds the
+    (B*M, img_size, img_size) intermediate); the result matches the forced choice exactly."""
+    low = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    default = upscale_masks(low, 256, (192, 256), (300, 400))
+    forced = upscale_masks(low, 256, (192, 256), (300, 400), separable=True)
+    assert torch.equal(default, forced)
 
 
 def test_repeated_embedding_does_not_grow_memory(tiny_model):

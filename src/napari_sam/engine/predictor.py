@@ -22,6 +22,7 @@ from ..errors import ImageNotSetError, InvalidImageError, InvalidPromptError
 from ..model.mask_decoder import upscale_masks
 from ..model.sam import Sam
 from ..model.transforms import ResizeLongestSide
+from .allocator import tune_allocator
 from .device import autocast_dtype, compile_module, compile_requested, resolve_precision
 from .normalize import to_uint8_rgb
 from .prompts import check_box, check_mask_input, check_points
@@ -62,6 +63,8 @@ class SamPredictor:
         )
         self.compile = compile_requested(compile)
         self._compiled_encoder = None
+        if self.device.type == "cpu":
+            tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/allocator.py)
         self.reset_image()
 
     @property
@@ -181,6 +184,17 @@ class SamPredictor:
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._embedding: Embedding | None = None
+        self._decoder_features: tuple[Embedding, torch.Tensor] | None = None
+
+    def _features_for_decoder(self, emb: Embedding) -> torch.Tensor:
+        """``emb.features`` in channels-last memory, made once per embedding.
+
+        The decoder works on (h*w, C) image tokens; from channels-last storage that
+        view needs no copy, so no click re-lays-out the 4 MB embedding.
+        """
+        if self._decoder_features is None or self._decoder_features[0] is not emb:
+            self._decoder_features = (emb, emb.features.contiguous(memory_format=torch.channels_last))
+        return self._decoder_features[1]
 
     # reference-compatible attributes
     @property
@@ -268,7 +282,7 @@ class SamPredictor:
             points = None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res, iou = self.model.mask_decoder(
-            image_embeddings=emb.features,
+            image_embeddings=self._features_for_decoder(emb),
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
