@@ -279,3 +279,36 @@ def test_cli_train(tmp_path, tiny_checkpoint):
     empty.mkdir()
     assert main(["train", "--images", str(empty), "--labels", str(tmp_path / "lab"), "--out",
                  str(tmp_path / "o.pt")]) == 2
+
+
+def test_bf16_without_native_support_trains_in_fp32(tmp_path, monkeypatch):
+    """bf16 autocast on a CPU without AVX512-BF16/AMX would be emulated (about 10x slower):
+    training warns, runs in fp32 (no autocast at all) and records fp32 in its state."""
+    import napari_sam.engine.device as dev
+
+    monkeypatch.setattr(dev, "_cpu_has_fast_bf16", lambda: False)
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_linear(x, w, b)
+
+    model = small_model()
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    with pytest.warns(UserWarning, match="training in fp32"):
+        run(model, blob_pairs(1), tmp_path / "m.pt", replace(FAST, max_steps=1, bf16=True))
+    assert seen and not any(seen)  # no linear layer ran under autocast
+    state = torch.load(state_path(tmp_path / "m.pt"), weights_only=True)
+    assert state["config"]["bf16"] is False
+
+
+def test_bf16_with_native_support_is_kept(monkeypatch):
+    import napari_sam.engine.device as dev
+    from napari_sam.training.trainer import _bf16_fallback
+
+    monkeypatch.setattr(dev, "_cpu_has_fast_bf16", lambda: True)
+    assert _bf16_fallback(torch.device("cpu")) is False
+    monkeypatch.setattr(dev, "_cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="fp32"):
+        assert _bf16_fallback(torch.device("cpu")) is True
