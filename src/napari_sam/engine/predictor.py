@@ -184,17 +184,22 @@ class SamPredictor:
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._embedding: Embedding | None = None
-        self._decoder_features: tuple[Embedding, torch.Tensor] | None = None
+        self._decoder_features: tuple[torch.Tensor, int | None, torch.Tensor] | None = None
 
     def _features_for_decoder(self, emb: Embedding) -> torch.Tensor:
-        """``emb.features`` in channels-last memory, made once per embedding.
+        """``emb.features`` in channels-last memory, made once per features tensor.
 
         The decoder works on (h*w, C) image tokens; from channels-last storage that
-        view needs no copy, so no click re-lays-out the 4 MB embedding.
+        view needs no copy, so no click re-lays-out the 4 MB embedding. Keyed by the
+        tensor itself (and its version counter), not the Embedding: the Segmenter
+        hands the predictor the same cached tensor in a new Embedding on every click.
         """
-        if self._decoder_features is None or self._decoder_features[0] is not emb:
-            self._decoder_features = (emb, emb.features.contiguous(memory_format=torch.channels_last))
-        return self._decoder_features[1]
+        f = emb.features
+        version = None if f.is_inference() else f._version  # inference tensors have no version counter
+        cached = self._decoder_features
+        if cached is None or cached[0] is not f or cached[1] != version:
+            self._decoder_features = cached = (f, version, f.contiguous(memory_format=torch.channels_last))
+        return cached[2]
 
     # reference-compatible attributes
     @property

@@ -1,0 +1,101 @@
+"""The decoder's fast paths give the same results as the plain ones (parity with the reference
+itself is in test_parity_reference.py): cached positional encoding, row-blocked upscaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import napari_sam.model.mask_decoder as md
+
+
+def test_dense_pe_is_cached_and_follows_the_buffer(tiny_checkpoint):
+    from napari_sam.model import build_sam
+
+    tiny_model = build_sam("tiny", checkpoint=tiny_checkpoint)  # its own copy: the buffer is changed below
+    pe_enc = tiny_model.prompt_encoder
+    first = pe_enc.get_dense_pe()
+    assert pe_enc.get_dense_pe() is first  # computed once
+    fresh = pe_enc.pe_layer(pe_enc.image_embedding_size).unsqueeze(0)
+    assert torch.equal(first, fresh)
+
+    sd = tiny_model.state_dict()
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    sd[key] = sd[key] * 1.5
+    tiny_model.load_state_dict(sd)  # copies into the buffer in place
+    changed = pe_enc.get_dense_pe()
+    assert not torch.equal(changed, first)
+    assert torch.equal(changed, pe_enc.pe_layer(pe_enc.image_embedding_size).unsqueeze(0))
+
+
+def test_dense_pe_from_inference_mode_does_not_reach_autograd(tiny_model):
+    with torch.inference_mode():
+        assert tiny_model.prompt_encoder.get_dense_pe().is_inference()
+    pe = tiny_model.prompt_encoder.get_dense_pe()
+    assert not pe.is_inference()
+    emb = torch.randn(1, 128, 32, 32, requires_grad=True)
+    sparse, dense = tiny_model.prompt_encoder(points=(torch.tensor([[[40.0, 50.0]]]), torch.ones(1, 1, dtype=torch.int)),
+                                              boxes=None, masks=None)
+    low, iou = tiny_model.mask_decoder.predict_masks(emb, pe, sparse, dense)
+    (low.mean() + iou.mean()).backward()  # would raise for an inference tensor saved for backward
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n, shared", [(1, True), (3, True), (3, False)])
+def test_row_blocked_upscaling_equals_one_block(tiny_model, monkeypatch, n, shared):
+    """Blocks of one embedding row (and one prompt) give the logits of a single block, with and
+    without autograd, for a shared (batch-1) image side and for one image side per prompt."""
+    dec = tiny_model.mask_decoder
+    g = torch.Generator().manual_seed(0)
+    h = w = 32
+    src = torch.randn(1 if shared else n, h * w, 128, generator=g)
+    tokens = torch.randn(n, 6, 128, generator=g)
+    monkeypatch.setattr(md, "_UPSCALE_CHUNK_BYTES", 1 << 40)
+    with torch.no_grad():
+        whole = dec.masks_from(src, tokens, (h, w))
+    monkeypatch.setattr(md, "_UPSCALE_CHUNK_BYTES", 1)  # one row, one prompt per block
+    with torch.no_grad():
+        blocked = dec.masks_from(src, tokens, (h, w), slice(1, None))
+    torch.testing.assert_close(blocked, whole[:, 1:], rtol=0, atol=1e-5)
+    src_g = src.clone().requires_grad_(True)
+    with_grad = dec.masks_from(src_g, tokens, (h, w))
+    torch.testing.assert_close(with_grad.detach(), whole, rtol=0, atol=1e-5)
+    with_grad.sum().backward()
+    assert src_g.grad is not None and src_g.grad.shape == src.shape
+
+
+def test_decoder_layout_of_the_embedding_is_made_once_per_tensor(tiny_model):
+    import numpy as np
+
+    from napari_sam.engine.predictor import Embedding, SamPredictor
+
+    p = SamPredictor(tiny_model)
+    feats = torch.randn(1, 128, 32, 32, generator=torch.Generator().manual_seed(1))
+    kw = dict(point_coords=np.array([[60.0, 50.0]]), point_labels=np.array([1]))
+    p.set_embedding(Embedding(feats, (200, 240), (213, 256)))
+    first_masks = p.predict(**kw)[0]
+    first = p._features_for_decoder(p.get_embedding())
+    assert first.is_contiguous(memory_format=torch.channels_last) and torch.equal(first, feats)
+    p.set_embedding(Embedding(feats, (200, 240), (213, 256)))  # same tensor, new Embedding (as per click)
+    assert p._features_for_decoder(p.get_embedding()) is first
+    np.testing.assert_array_equal(p.predict(**kw)[0], first_masks)
+    feats.mul_(-1)  # changed in place: the decoder must see the new values
+    changed = p._features_for_decoder(p.get_embedding())
+    assert changed is not first and torch.equal(changed, feats)
+    other = feats.clone()
+    p.set_embedding(Embedding(other, (200, 240), (213, 256)))
+    assert p._features_for_decoder(p.get_embedding()) is not changed
+
+
+def test_decoder_layout_of_an_encoded_image_is_reused(tiny_model):
+    """set_image produces an inference tensor (no version counter): cached by identity."""
+    import numpy as np
+
+    from napari_sam.engine.predictor import SamPredictor
+
+    p = SamPredictor(tiny_model)
+    p.set_image(np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8))
+    assert p.get_embedding().features.is_inference()
+    first = p._features_for_decoder(p.get_embedding())
+    assert p._features_for_decoder(p.get_embedding()) is first
+    p.predict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]))
