@@ -3,9 +3,9 @@
 On Linux with glibc, every allocation above ``M_MMAP_THRESHOLD`` (dynamic,
 at most 32 MB by default) is a new ``mmap`` that is unmapped again on free, and
 freed heap memory beyond ``M_TRIM_THRESHOLD`` is returned to the kernel. A SAM
-click allocates a few dozen 1-8 MB tensors, so each click pays for tens of
-thousands of page faults (zero-filling fresh pages), which on a virtual machine
-cost about a quarter of the decoder's time (docs/performance.md).
+click allocates a few dozen 1-8 MB tensors, so each click paid for about 4,500
+page faults (zero-filling fresh pages), which on this project's virtual machines
+cost a quarter or more of the click (docs/performance.md).
 
 :func:`tune_allocator` raises both thresholds once per process, so that freed
 tensors are reused from the heap: PyTorch's own CPU performance guide reaches

@@ -182,9 +182,9 @@ def upscale_masks(
     separable, so the whole chain is ``A_rows @ logits @ A_cols^T`` with two fixed
     resampling matrices of at most 3 non-zeros per row. ``separable=True`` (the
     default on CPU) applies them as sparse matrices, per mask: no
-    (img_size x img_size) intermediate, and about 5x faster than the two
+    (img_size x img_size) intermediate, and 2-4x faster than the two
     interpolations there; values equal the reference's up to float rounding
-    (~1e-7). ``separable=False`` (the default on GPUs) runs the reference's two
+    (within 2e-6). ``separable=False`` (the default on GPUs) runs the reference's two
     interpolations, bit-identical, a few masks at a time (``chunk_pixels``).
     Only the low-res rows and columns that the crop keeps are used either way.
 
