@@ -52,7 +52,11 @@ def bench(name: str, clicks: int, size: int) -> dict:
 
     from napari_sam.samples import synthetic_cells
 
+    import napari_sam.widgets.main_widget as main_widget
+
     model, label = _model(name)
+    # the widget would also load the default model by itself when opened; the benchmark injects its own
+    main_widget._default_model = lambda: None
     viewer = napari.Viewer(show=False)
     img, truth = synthetic_cells((size, size), n_cells=40, seed=1)
     viewer.add_image(img, name="cells")

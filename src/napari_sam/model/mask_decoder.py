@@ -216,8 +216,11 @@ def upscale_masks(
         a_cols = _resampling_matrix(cols, up_w, int(input_size[1]), W, low_res.device)
         flat_in = low_res.reshape(B * M, lh, lw)[:, :rows, :cols]
         for i in range(B * M):
-            x = torch.sparse.mm(a_rows, flat_in[i].float().contiguous())  # (H, cols)
-            x = torch.sparse.mm(a_cols, x.T.contiguous()).T  # (H, W), a transposed view
+            # columns first, on the small side: (W, cols) @ (cols, rows) -> (W, rows), transposed
+            # to (rows, W); then rows: (H, rows) @ (rows, W) -> (H, W), written row by row (a
+            # transposed full-size result would be written with a large, cache-aliasing stride)
+            x = torch.sparse.mm(a_cols, flat_in[i].float().T.contiguous()).T.contiguous()  # (rows, W)
+            x = torch.sparse.mm(a_rows, x)  # (H, W)
             if threshold is not None:
                 torch.gt(x, threshold, out=flat_out[i])
             else:
