@@ -125,13 +125,15 @@ class MaskDecoder(nn.Module):
         per_row = w * 16 * c8 * src.element_size()
         rows = max(1, min(h, _UPSCALE_CHUNK_BYTES // per_row))
         step = max(1, _UPSCALE_CHUNK_BYTES // (rows * per_row))
+        per_pixel = self._per_pixel_upscaling()  # the same for every block
         parts = []
         for i in range(0, n, step):
             s_i = src if src.shape[0] == 1 else src[i : i + step]
             row_parts = []
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
-                block = self._upscale_and_project(s_i[:, r0 * w : r1 * w], hyper_in[i : i + step], (r1 - r0, w))
+                block = self._upscale_and_project(s_i[:, r0 * w : r1 * w], hyper_in[i : i + step], (r1 - r0, w),
+                                                  per_pixel)
                 if grad:
                     row_parts.append(block)
                     continue
@@ -142,18 +144,33 @@ class MaskDecoder(nn.Module):
                 parts.append(torch.cat(row_parts, dim=2))
         return torch.cat(parts) if grad else out
 
-    def _upscale_and_project(self, src: torch.Tensor, hyper_in: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Logits (n, M, 4h, 4w) of image tokens ``src`` (1 or n, h*w, C) for ``hyper_in`` (n, M, C/8)."""
+    def _per_pixel_upscaling(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two 2x2 stride-2 transposed convolutions as per-pixel matrices and biases.
+
+        Returns w1 (C, 4 * C/4) with columns [sub-row, sub-col, out], b1 (4 * C/4,),
+        w2 (C/4, 4 * C/8) and b2 (4 * C/8,).
+        """
+        up1, _, _, up2, _ = self.output_upscaling
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * up1.out_channels)
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, 4 * up2.out_channels)
+        return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4)
+
+    def _upscale_and_project(
+        self, src: torch.Tensor, hyper_in: torch.Tensor, hw: tuple[int, int], per_pixel: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """Logits (n, M, 4h, 4w) of image tokens ``src`` (1 or n, h*w, C) for ``hyper_in`` (n, M, C/8).
+
+        ``per_pixel``: :meth:`_per_pixel_upscaling`, prepared once for all blocks.
+        """
         n = hyper_in.shape[0]
         h, w = hw
-        up1, ln, act1, up2, act2 = self.output_upscaling
+        _, ln, act1, _, act2 = self.output_upscaling
+        w1, b1, w2, b2 = per_pixel
         b, c = src.shape[0], src.shape[-1]
-        c4, c8 = up1.out_channels, up2.out_channels
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # (C, [sub-row, sub-col, out])
-        x = torch.addmm(up1.bias.repeat(4), src.reshape(b * h * w, c), w1)  # (b*h*w, 4 * c4)
+        c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
+        x = torch.addmm(b1, src.reshape(b * h * w, c), w1)  # (b*h*w, 4 * c4)
         x = act1(F.layer_norm(x.view(b * h * w * 4, c4), (c4,), ln.weight, ln.bias, ln.eps))
-        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
-        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))  # (b*h*w*4, 4 * c8)
+        x = act2(torch.addmm(b2, x, w2))  # (b*h*w*4, 4 * c8)
         # (n, M, C/8) @ (b, C/8, pixels): the masks are the rows of the product (a wide matrix
         # product, not a skinny one with M columns); a batch-1 image side broadcasts.
         m = torch.matmul(hyper_in, x.view(b, h * w * 16, c8).transpose(1, 2))  # (n, M, h*w*16)
