@@ -330,26 +330,31 @@ def main() -> None:
     H, W = image.shape[:2]
 
     keep = {}
+    from napari_sam.engine.device import resolve_precision
+
+    reduced = resolve_precision(args.precision, torch.device("cpu"))
+    res["reduced_precision_used"] = reduced
+    if reduced == "fp32":
+        print(f"{args.precision} is not native on this CPU (napari-sam falls back to fp32): "
+              "only fp32 is measured", flush=True)
+    precisions = ("fp32",) if reduced == "fp32" else ("fp32", args.precision)
     if args.only_decoder:  # a random embedding instead of running the encoders
-        rp, op = make_predictors(ref, ours, "fp32")
         feats = 0.5 * torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
-        input_size = tuple(rp.transform.get_preprocess_shape(H, W, ref.image_encoder.img_size))
-        rp.features, rp.original_size, rp.input_size, rp.is_image_set = feats, (H, W), input_size, True
-        op.set_embedding(feats, (H, W), input_size)
-        keep["fp32"] = (rp, op)
+        for prec in precisions:
+            rp, op = make_predictors(ref, ours, prec)
+            input_size = tuple(rp.transform.get_preprocess_shape(H, W, ref.image_encoder.img_size))
+            rp.features, rp.original_size, rp.input_size, rp.is_image_set = feats, (H, W), input_size, True
+            op.set_embedding(feats, (H, W), input_size)
+            keep[prec] = (rp, op)
+        if args.precision in keep:  # the reduced-precision decoder alone, same fp32 embedding
+            res[f"agreement_{args.precision}_decoder_vs_fp32"] = mask_agreement(keep["fp32"][1], keep[args.precision][1])
+            print("decoder agreement:", res[f"agreement_{args.precision}_decoder_vs_fp32"], flush=True)
     else:
         # encoder, fp32 and reduced precision; the last predictors of each are kept for the decoder runs
         warm = make_predictors(ref, ours, "fp32")[1]
         warm.set_image(image[:64, :64])  # first-call costs (thread pools, kernels) outside the timings
         del warm
-        from napari_sam.engine.device import resolve_precision
-
-        reduced = resolve_precision(args.precision, torch.device("cpu"))
-        res["reduced_precision_used"] = reduced
-        if reduced == "fp32":
-            print(f"{args.precision} is not native on this CPU (napari-sam falls back to fp32): "
-                  "only fp32 is measured", flush=True)
-        for prec in ("fp32",) if reduced == "fp32" else ("fp32", args.precision):
+        for prec in precisions:
             rp, op = make_predictors(ref, ours, prec)
             t = {"ref": [], "ours": []}
             for _ in range(args.repeats):
@@ -404,25 +409,27 @@ def main() -> None:
                                 "ours_median_ms": 1e3 * statistics.median(to), "speedup": min(tr) / min(to)}
         print(f"click ({prec} embedding): ref {1e3 * min(tr):.1f} ms, ours {1e3 * min(to):.1f} ms", flush=True)
 
-    # a batch of boxes through predict_torch
-    rp32, op32 = keep["fp32"]
+    # a batch of boxes through predict_torch (the reference's decoder is fp32 in every row)
     boxes = random_boxes(args.boxes, H, W)
-    rb = rp32.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), (H, W))
-    ob = op32.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), (H, W))
-    tr, to, cr, co = [], [], [], []
-    with torch.inference_mode():
-        for _ in range(2):
-            w, c, r_out = _timed(lambda: rp32.predict_torch(None, None, boxes=rb))
-            tr.append(w)
-            cr.append(c)
-            w, c, o_out = _timed(lambda: op32.predict_torch(None, None, boxes=ob))
-            to.append(w)
-            co.append(c)
-    res[f"boxes_{args.boxes}"] = {"ref_s": min(tr), "ours_s": min(to), "speedup": min(tr) / min(to),
-                                  "ref_cpu_s": min(cr), "ours_cpu_s": min(co),
-                                  "mask_equal": float((r_out[0] == o_out[0]).float().mean())}
-    print(f"{args.boxes} boxes: ref {min(tr):.2f} s, ours {min(to):.2f} s", flush=True)
-    del r_out, o_out
+    for prec in keep:
+        rp, op = keep[prec]
+        rb = rp.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), (H, W))
+        ob = op.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), (H, W))
+        tr, to, cr, co = [], [], [], []
+        with torch.inference_mode():
+            for _ in range(2):
+                w, c, r_out = _timed(lambda: rp.predict_torch(None, None, boxes=rb))
+                tr.append(w)
+                cr.append(c)
+                w, c, o_out = _timed(lambda: op.predict_torch(None, None, boxes=ob))
+                to.append(w)
+                co.append(c)
+        name = f"boxes_{args.boxes}" if prec == "fp32" else f"boxes_{args.boxes}_{prec}"
+        res[name] = {"ref_s": min(tr), "ours_s": min(to), "speedup": min(tr) / min(to),
+                     "ref_cpu_s": min(cr), "ours_cpu_s": min(co),
+                     "mask_equal": float((r_out[0] == o_out[0]).float().mean())}
+        print(f"{args.boxes} boxes ({prec}): ref {min(tr):.2f} s, ours {min(to):.2f} s", flush=True)
+        del r_out, o_out
 
     if not args.no_memory and not args.only_decoder:
         import tempfile

@@ -99,3 +99,67 @@ def test_decoder_layout_of_an_encoded_image_is_reused(tiny_model):
     first = p._features_for_decoder(p.get_embedding())
     assert p._features_for_decoder(p.get_embedding()) is first
     p.predict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]))
+
+
+# ---- reduced-precision decoder (SamPredictor(precision="bf16"): decoder_dtype) ----------------------
+
+
+def _prompts(model):
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(1, 2, 2, generator=g) * model.image_encoder.img_size
+    return (pts, torch.tensor([[1, 0]], dtype=torch.int))
+
+
+@pytest.mark.parametrize("batch, shared, mask_prompt", [(1, True, False), (4, True, False), (3, False, False),
+                                                       (2, True, True)])
+def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(tiny_model, batch, shared, mask_prompt):
+    """compute_dtype=bf16 runs the image-side products in bf16 (the logits differ from fp32, so
+    it is not ignored) yet stays close; outputs keep the fp32 dtype. Covers one prompt, a batch on a
+    shared image side, one image side per prompt, and mask prompts (a per-prompt dense embedding)."""
+    g = torch.Generator().manual_seed(1)
+    pe_enc, dec = tiny_model.prompt_encoder, tiny_model.mask_decoder
+    h, w = pe_enc.image_embedding_size
+    emb = torch.randn(1 if shared else batch, 128, h, w, generator=g)
+    pts, labels = _prompts(tiny_model)
+    pts, labels = pts.expand(batch, -1, -1) + torch.arange(batch)[:, None, None], labels.expand(batch, -1)
+    masks = torch.randn(batch, 1, 4 * h, 4 * w, generator=g) if mask_prompt else None
+    with torch.inference_mode():
+        sparse, dense = pe_enc(points=(pts, labels), boxes=None, masks=masks)
+        pe = pe_enc.get_dense_pe()
+        low32, iou32 = dec(emb, pe, sparse, dense, True)
+        low16, iou16 = dec(emb, pe, sparse, dense, True, compute_dtype=torch.bfloat16)
+    assert low16.dtype == torch.float32 and iou16.dtype == torch.float32
+    assert low16.shape == low32.shape == (batch, 3, 4 * h, 4 * w)
+    err = float((low16 - low32).norm() / low32.norm())
+    assert 0 < err < 0.02, err
+    assert float((iou16 - iou32).abs().max()) < 0.02
+    agree = float(((low16 > 0) == (low32 > 0)).float().mean())
+    assert agree > 0.98, agree
+
+
+def test_predictor_bf16_uses_the_reduced_decoder(tiny_model, monkeypatch):
+    """precision='bf16' reaches the decoder (decoder_dtype) and its masks agree with fp32's."""
+    import numpy as np
+
+    from napari_sam.engine import device as device_mod
+    from napari_sam.engine.predictor import SamPredictor
+
+    monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
+    p32, p16 = SamPredictor(tiny_model, precision="fp32"), SamPredictor(tiny_model, precision="bf16")
+    assert p32.decoder_dtype is None and p16.decoder_dtype == torch.bfloat16
+    rng = np.random.default_rng(0)
+    p32.set_image(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8))
+    p16.set_embedding(p32.get_embedding())  # same embedding: only the decoder differs
+    seen = []
+    hook = tiny_model.mask_decoder.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("compute_dtype")),
+                                                        with_kwargs=True)
+    try:
+        kw = dict(point_coords=np.array([[100.0, 80.0]]), point_labels=np.array([1]))
+        m32, s32, l32 = p32.predict(**kw)
+        m16, s16, l16 = p16.predict(**kw)
+    finally:
+        hook.remove()
+    assert seen == [None, torch.bfloat16]
+    assert l16.dtype == np.float32 and s16.dtype == np.float32
+    assert not np.array_equal(l16, l32)
+    assert (m16 == m32).mean() > 0.99

@@ -345,16 +345,19 @@ class SamAutomaticMaskGenerator:
             iou, prompt_idx, low = decode_shared_image(
                 model.mask_decoder, emb.features, image_pe, sparse, dense[:1],
                 select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
+                compute_dtype=self.predictor.decoder_dtype,
             )
             keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
             flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
             return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
+        dtype = self.predictor.decoder_dtype  # passed only when reduced: a replaced decoder may not take it
         low_res, iou = model.mask_decoder(
             image_embeddings=emb.features,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,
+            **({} if dtype is None else {"compute_dtype": dtype}),
         )
         iou = iou.flatten().float()
         flat = passing(iou).nonzero()[:, 0]

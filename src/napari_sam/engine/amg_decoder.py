@@ -40,6 +40,7 @@ def decode_shared_image(
     sparse: torch.Tensor,
     dense: torch.Tensor,
     select: Callable[[torch.Tensor], torch.Tensor],
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multimask decoding of B prompts on one image.
 
@@ -50,12 +51,14 @@ def decode_shared_image(
             shared by all prompts (no mask inputs).
         select: maps the multimask IoU predictions (B, 3) to the indices (n,) of
             the prompts whose mask logits are wanted.
+        compute_dtype: dtype of the image-side products (``None``: fp32); see
+            :meth:`napari_sam.model.mask_decoder.MaskDecoder.forward`.
     Returns:
         iou_predictions (B, 3), the selected prompt indices (n,), and their
         low-res mask logits (n, 3, 4h, 4w).
     """
     _, _, h, w = image_embedding.shape
-    tokens, keys = decoder.attend(image_embedding, image_pe, sparse, dense)
+    tokens, keys = decoder.attend(image_embedding, image_pe, sparse, dense, compute_dtype)
     iou = decoder.iou_prediction_head(tokens[:, 0, :])[:, 1:]
     idx = select(iou)
     if len(idx) == 0:
@@ -63,5 +66,5 @@ def decode_shared_image(
     everything = len(idx) == sparse.shape[0] and bool((idx == torch.arange(len(idx), device=idx.device)).all())
     if keys.shape[0] > 1 and not everything:
         keys = keys[idx]
-    masks = decoder.masks_from(keys, tokens if everything else tokens[idx], (h, w), slice(1, None))
+    masks = decoder.masks_from(keys, tokens if everything else tokens[idx], (h, w), slice(1, None), compute_dtype)
     return iou, idx, masks

@@ -49,7 +49,8 @@ class SamPredictor:
     def __init__(self, sam_model: Sam, precision: str | None = None, compile: bool | None = None) -> None:
         """Args:
             sam_model: the model (its device is used).
-            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder; ``None`` means
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder and the mask
+                decoder's products with the image tokens (:attr:`decoder_dtype`); ``None`` means
                 ``sam_model.precision`` if set, else ``NAPARI_SAM_PRECISION``, else the device's
                 default (:func:`napari_sam.engine.device.default_precision`). Unsupported choices
                 fall back with a warning.
@@ -70,6 +71,16 @@ class SamPredictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def decoder_dtype(self) -> torch.dtype | None:
+        """The dtype of the mask decoder's image-side products (``None``: fp32, exact).
+
+        With reduced precision, the decoder's large products with the h*w image tokens
+        and its upscaling run in bf16/fp16; prompt tokens, normalisations, the image
+        tokens' residual stream and every returned logit and IoU stay fp32.
+        """
+        return autocast_dtype(self.precision)
 
     # ---- image phase -------------------------------------------------------------------------
     def set_image(
@@ -292,6 +303,7 @@ class SamPredictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            compute_dtype=self.decoder_dtype,
         )
         masks = upscale_masks(
             low_res,

@@ -47,6 +47,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks.
 
@@ -55,12 +56,16 @@ class MaskDecoder(nn.Module):
             image_pe: (1, C, h, w).
             sparse_prompt_embeddings: (B, K, C).
             dense_prompt_embeddings: (B, C, h, w).
+            compute_dtype: dtype of the products with the image tokens and of the upscaling
+                (e.g. ``torch.bfloat16``); ``None``: the inputs' dtype. Outputs keep the inputs' dtype.
         Returns:
             low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M),
             M = 3 with ``multimask_output`` else 1.
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl)
+        return self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl, compute_dtype
+        )
 
     def predict_masks(
         self,
@@ -69,11 +74,15 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         which: slice = slice(None),
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (B, M, 4h, 4w) and IoU predictions (B, M) of the mask tokens ``which`` (default: all)."""
-        tokens, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        tokens, src = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, compute_dtype
+        )
         h, w = image_embeddings.shape[-2:]
-        return self.masks_from(src, tokens, (h, w), which), self.iou_prediction_head(tokens[:, 0, :])[:, which]
+        masks = self.masks_from(src, tokens, (h, w), which, compute_dtype)
+        return masks, self.iou_prediction_head(tokens[:, 0, :])[:, which]
 
     def attend(
         self,
@@ -81,10 +90,11 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer: output tokens (B, 1 + M + K, C) and image tokens (B or 1, h*w, C).
 
-        Token 0 is the IoU token, tokens 1..M the mask tokens.
+        Token 0 is the IoU token, tokens 1..M the mask tokens. ``compute_dtype``: see :meth:`forward`.
         """
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -97,14 +107,21 @@ class MaskDecoder(nn.Module):
         dense = dense_prompt_embeddings
         if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]
-        return self.transformer(image_embeddings + dense, image_pe, tokens)
+        return self.transformer(image_embeddings + dense, image_pe, tokens, compute_dtype)
 
     def masks_from(
-        self, src: torch.Tensor, tokens: torch.Tensor, hw: tuple[int, int], which: slice = slice(None)
+        self,
+        src: torch.Tensor,
+        tokens: torch.Tensor,
+        hw: tuple[int, int],
+        which: slice = slice(None),
+        compute_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Mask logits (n, M, 4h, 4w) from image tokens ``src`` (n or 1, h*w, C) and output ``tokens`` (n, ., C).
 
         ``which`` selects the mask tokens (default: all ``num_mask_tokens``).
+        ``compute_dtype`` (``None``: ``src``'s dtype) is the dtype the upscaling runs in;
+        the logits are returned in ``src``'s dtype.
         The upscaling (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) is done as
         per-pixel matrix products on channels-last features: a 2x2 stride-2
         transposed convolution maps each input pixel to its own 2x2 output block,
@@ -116,19 +133,22 @@ class MaskDecoder(nn.Module):
         first = range(self.num_mask_tokens)[which]
         hyper_in = torch.stack([mlp(tokens[:, 1 + i, :]) for i, mlp in zip(first, mlps)], 1)  # (n, M, C/8)
         h, w = hw
+        dtype = compute_dtype or src.dtype
         grad = torch.is_grad_enabled() and (src.requires_grad or hyper_in.requires_grad)
-        out = None  # allocated from the first block (its dtype follows autocast); autograd concatenates instead
+        out = None  # allocated from the first block, in src's dtype; autograd concatenates instead
         # Work in blocks of (prompts, embedding rows) whose upscaled features (the largest
         # intermediate, 16 x C/8 values per embedding pixel and prompt) stay in the CPU's
         # cache, and write each block's logits straight into its rows of the output.
         c8 = self.output_upscaling[3].out_channels
-        per_row = w * 16 * c8 * src.element_size()
+        per_row = w * 16 * c8 * torch.empty((), dtype=dtype).element_size()
         rows = max(1, min(h, _UPSCALE_CHUNK_BYTES // per_row))
         step = max(1, _UPSCALE_CHUNK_BYTES // (rows * per_row))
-        per_pixel = self._per_pixel_upscaling()  # the same for every block
+        per_pixel = tuple(t.to(dtype) for t in self._per_pixel_upscaling())  # the same for every block
+        hyper_in = hyper_in.to(dtype)
+        shared = src.to(dtype) if src.shape[0] == 1 else None  # cast once, not per block
         parts = []
         for i in range(0, n, step):
-            s_i = src if src.shape[0] == 1 else src[i : i + step]
+            s_i = shared if shared is not None else src[i : i + step].to(dtype)
             row_parts = []
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
@@ -138,7 +158,7 @@ class MaskDecoder(nn.Module):
                     row_parts.append(block)
                     continue
                 if out is None:
-                    out = block.new_empty((n, block.shape[1], 4 * h, 4 * w))
+                    out = block.new_empty((n, block.shape[1], 4 * h, 4 * w), dtype=src.dtype)
                 out[i : i + step, :, 4 * r0 : 4 * r1] = block
             if grad:
                 parts.append(torch.cat(row_parts, dim=2))
@@ -148,12 +168,12 @@ class MaskDecoder(nn.Module):
         """The two 2x2 stride-2 transposed convolutions as per-pixel matrices and biases.
 
         Returns w1 (C, 4 * C/4) with columns [sub-row, sub-col, out], b1 (4 * C/4,),
-        w2 (C/4, 4 * C/8) and b2 (4 * C/8,).
+        w2 (C/4, 4 * C/8), b2 (4 * C/8,), and the LayerNorm2d's weight and bias (C/4,).
         """
-        up1, _, _, up2, _ = self.output_upscaling
+        up1, ln, _, up2, _ = self.output_upscaling
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * up1.out_channels)
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, 4 * up2.out_channels)
-        return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4)
+        return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4), ln.weight, ln.bias
 
     def _upscale_and_project(
         self, src: torch.Tensor, hyper_in: torch.Tensor, hw: tuple[int, int], per_pixel: tuple[torch.Tensor, ...]
@@ -165,11 +185,11 @@ class MaskDecoder(nn.Module):
         n = hyper_in.shape[0]
         h, w = hw
         _, ln, act1, _, act2 = self.output_upscaling
-        w1, b1, w2, b2 = per_pixel
+        w1, b1, w2, b2, ln_w, ln_b = per_pixel
         b, c = src.shape[0], src.shape[-1]
         c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
         x = torch.addmm(b1, src.reshape(b * h * w, c), w1)  # (b*h*w, 4 * c4)
-        x = act1(F.layer_norm(x.view(b * h * w * 4, c4), (c4,), ln.weight, ln.bias, ln.eps))
+        x = act1(F.layer_norm(x.view(b * h * w * 4, c4), (c4,), ln_w, ln_b, ln.eps))
         x = act2(torch.addmm(b2, x, w2))  # (b*h*w*4, 4 * c8)
         # (n, M, C/8) @ (b, C/8, pixels): the masks are the rows of the product (a wide matrix
         # product, not a skinny one with M columns); a batch-1 image side broadcasts.

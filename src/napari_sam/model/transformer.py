@@ -23,6 +23,16 @@ def _softmax_last(x: torch.Tensor) -> torch.Tensor:
     return x.div_(x.sum(dim=-1, keepdim=True))
 
 
+def _as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``like``'s dtype (no copy when they already match)."""
+    return x if x.dtype == like.dtype else x.to(like.dtype)
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` computed in ``x``'s dtype (a reduced-precision image side keeps its dtype)."""
+    return F.linear(x, _as(layer.weight, x), None if layer.bias is None else _as(layer.bias, x))
+
+
 class Attention(nn.Module):
     """Multi-head attention with optional down-projection of the internal width.
 
@@ -40,6 +50,12 @@ class Attention(nn.Module):
 
     An image side of batch 1 is shared by all B prompts: it is projected once and
     never repeated B times.
+
+    Reduced precision: the image side may come in bf16/fp16 (see
+    :meth:`TwoWayTransformer.forward`'s ``compute_dtype``). Every product with it
+    then runs in that dtype (the small token-side operands are cast to it), and
+    what returns to the tokens is cast back to theirs; the token side and the
+    image tokens' residual stream stay in their own (fp32) dtype.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -80,6 +96,8 @@ class Attention(nn.Module):
         return out if residual is None else residual + out
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        w = self.q_proj.weight
+        q, k, v = (_as(t, w) for t in (q, k, v))  # a reduced-precision side joins the weights' dtype
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
@@ -97,19 +115,22 @@ class Attention(nn.Module):
         d = qp.shape[-1] // H
         scale = 1.0 / math.sqrt(d)
         if k.shape[0] == 1 and B > 1:  # shared image: project it once, stack every prompt's queries
-            qh = qp.reshape(1, B * N, H, d).transpose(1, 2)
+            qh = _as(qp.reshape(1, B * N, H, d).transpose(1, 2), k)
             out = F.scaled_dot_product_attention(
-                qh, self._separate_heads(self.k_proj(k)), self._separate_heads(self.v_proj(v)), scale=scale
+                qh, self._separate_heads(_linear(k, self.k_proj)), self._separate_heads(_linear(v, self.v_proj)),
+                scale=scale,
             )
-            return self.out_proj(out.transpose(1, 2).reshape(B, N, H * d))
+            return self.out_proj(_as(out.transpose(1, 2).reshape(B, N, H * d), q))
         C = k.shape[-1]
         qh = self._separate_heads(qp)  # (B, H, N, d)
         qk = torch.einsum("bhnd,hdc->bchn", qh, self.k_proj.weight.view(H, d, C)).reshape(B, C, H * N)
-        # (HW, C) @ (C, H*N): the image side stays in its own layout (no transposed copy); the key bias cancels
-        scores = torch.matmul(k, qk).mul_(scale)  # (B, HW, H*N)
-        p = scores.softmax(dim=1).transpose(1, 2)  # (B, H*N, HW)
-        pv = torch.matmul(p, v).view(B, H, N, C)
-        out = torch.einsum("bhnc,hdc->bhnd", pv, self.v_proj.weight.view(H, d, C)) + self.v_proj.bias.view(1, H, 1, d)
+        # (HW, C) @ (C, H*N): the image side stays in its own layout (no transposed copy); the key
+        # bias cancels. The small (HW, H*N) scores are then transposed once, so the softmax runs
+        # along contiguous rows of HW (over a strided axis it is 1.5-4x slower on CPU).
+        scores = torch.matmul(k, _as(qk, k)).transpose(1, 2).contiguous().mul_(scale)  # (B, H*N, HW)
+        pv = torch.matmul(scores.softmax(dim=-1), v).view(B, H, N, C)
+        out = torch.einsum("bhnc,hdc->bhnd", _as(pv, q), self.v_proj.weight.view(H, d, C))
+        out = out + self.v_proj.bias.view(1, H, 1, d)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, H * d))
 
     def _many_queries(
@@ -124,20 +145,22 @@ class Attention(nn.Module):
         vh = self._separate_heads(self.v_proj(v))
         HW = q.shape[1]
         if q.shape[0] == 1 and B > 1:  # shared image queries: project once, one product over all prompts' keys
-            qh = self._separate_heads(self.q_proj(q))[0]  # (H, HW, d)
-            scores = torch.bmm(qh, kh.permute(1, 3, 0, 2).reshape(H, d, B * N))  # (H, HW, B*N)
+            qh = self._separate_heads(_linear(q, self.q_proj))[0]  # (H, HW, d)
+            scores = torch.bmm(qh, _as(kh.permute(1, 3, 0, 2).reshape(H, d, B * N), qh))  # (H, HW, B*N)
             p = _softmax_last(scores.mul_(scale).view(H, HW, B, N)).permute(2, 1, 0, 3).reshape(B, HW, H * N)
         else:  # fold the query projection into the keys: (HW, C) @ (C, H*N) instead of projecting HW queries
             kq = torch.einsum("bhnd,hdc->bchn", kh, self.q_proj.weight.view(H, d, C)).reshape(B, C, H * N)
             kb = (kh * self.q_proj.bias.view(1, H, 1, d)).sum(-1).reshape(B, 1, H * N)
-            scores = torch.baddbmm(kb, q, kq)  # (B, HW, H*N)
+            scores = torch.baddbmm(_as(kb, q), q, _as(kq, q))  # (B, HW, H*N)
             p = _softmax_last(scores.mul_(scale).view(B, HW, H, N)).view(B, HW, H * N)
         # out_proj(concat over heads of p_h @ v_h) == p @ (v_h @ W_o,h^T) + b_o; each head's
         # probabilities sum to 1, so adding b_o / H to every row of the product adds b_o
         u = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(C, H, d))
-        u = (u + self.out_proj.bias / H).reshape(B, H * N, C)
+        u = _as((u + self.out_proj.bias / H).reshape(B, H * N, C), p)
         if residual is None:
             return torch.bmm(p, u)
+        if residual.dtype != p.dtype:  # reduced-precision product, residual stream in its own dtype
+            return residual + torch.bmm(p, u)
         return torch.baddbmm(residual, p, u)
 
 
@@ -162,8 +185,18 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, C) and image tokens ``keys`` (B or 1, h*w, C) -> the same, updated.
+
+        ``key_pe`` is already in ``compute_dtype`` (the dtype of the image-side products;
+        ``None``: ``keys``' dtype), so the image side is cast once per layer, not per use.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -171,9 +204,10 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe  # the same image side for both cross attentions
+        v = keys if compute_dtype is None else keys.to(compute_dtype)
+        k = v + key_pe  # the same image side for both cross attentions
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, v))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
@@ -203,11 +237,19 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B or 1, C, h, w) image, (B or 1, C, h, w) pe, (B, N, C) tokens -> tokens, keys (B, h*w, C).
 
-        A batch-1 image or pe is broadcast over the B prompt sets.
+        A batch-1 image or pe is broadcast over the B prompt sets. ``compute_dtype``
+        (e.g. ``torch.bfloat16``; ``None``: the inputs' dtype) is the dtype of the
+        products with the h*w image tokens, most of the decoder's work; the image
+        tokens' residual stream, the normalisations and the prompt tokens stay in
+        the inputs' dtype.
         """
         # (B, h*w, C) token layout, contiguous: every image-side product and sum below then
         # runs on plain row-major operands (an add of a permuted and a contiguous
@@ -215,10 +257,13 @@ class TwoWayTransformer(nn.Module):
         # input is already channels-last (the predictor keeps its embedding so).
         image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
         image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if compute_dtype is not None:
+            image_pe = image_pe.to(compute_dtype)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, compute_dtype)
         q = queries + point_embedding
-        k = keys + image_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        v = keys if compute_dtype is None else keys.to(compute_dtype)
+        k = v + image_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, v))
         return queries, keys
