@@ -11,18 +11,6 @@ from torch import nn
 from .common import MLPBlock
 
 
-def _softmax_last(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last axis (a few prompt tokens).
-
-    torch's CPU kernel is slow for rows of a handful of elements (about 6x here for
-    rows of 7); without autograd this does it in place with whole-tensor operations.
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return x.softmax(dim=-1)
-    x = x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
-    return x.div_(x.sum(dim=-1, keepdim=True))
-
-
 def _as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``x`` in ``like``'s dtype (no copy when they already match)."""
     return x if x.dtype == like.dtype else x.to(like.dtype)
@@ -147,12 +135,16 @@ class Attention(nn.Module):
         if q.shape[0] == 1 and B > 1:  # shared image queries: project once, one product over all prompts' keys
             qh = self._separate_heads(_linear(q, self.q_proj))[0]  # (H, HW, d)
             scores = torch.bmm(qh, _as(kh.permute(1, 3, 0, 2).reshape(H, d, B * N), qh))  # (H, HW, B*N)
-            p = _softmax_last(scores.mul_(scale).view(H, HW, B, N)).permute(2, 1, 0, 3).reshape(B, HW, H * N)
+            scores = scores.view(H, HW, B, N).permute(2, 0, 3, 1).contiguous()  # (B, H, N, HW)
         else:  # fold the query projection into the keys: (HW, C) @ (C, H*N) instead of projecting HW queries
             kq = torch.einsum("bhnd,hdc->bchn", kh, self.q_proj.weight.view(H, d, C)).reshape(B, C, H * N)
             kb = (kh * self.q_proj.bias.view(1, H, 1, d)).sum(-1).reshape(B, 1, H * N)
             scores = torch.baddbmm(_as(kb, q), q, _as(kq, q))  # (B, HW, H*N)
-            p = _softmax_last(scores.mul_(scale).view(B, HW, H, N)).view(B, HW, H * N)
+            scores = scores.transpose(1, 2).contiguous().view(B, H, N, HW)
+        # Softmax over each head's N prompt tokens along rows of HW contiguous scores: over a last
+        # axis of N = 5-10 elements (the (HW, H*N) layout) torch's CPU kernels take 4-12x longer.
+        # p is (B, HW, H*N) as a transposed view; the products below take it as is.
+        p = scores.mul_(scale).softmax(dim=2).view(B, H * N, HW).transpose(1, 2)
         # out_proj(concat over heads of p_h @ v_h) == p @ (v_h @ W_o,h^T) + b_o; each head's
         # probabilities sum to 1, so adding b_o / H to every row of the product adds b_o
         u = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(C, H, d))
