@@ -135,10 +135,11 @@ class MaskDecoder(nn.Module):
         h, w = hw
         dtype = compute_dtype or src.dtype
         grad = torch.is_grad_enabled() and (src.requires_grad or hyper_in.requires_grad)
-        out = None  # allocated from the first block, in src's dtype; autograd concatenates instead
+        # autograd concatenates the blocks; otherwise each block's logits go straight into their
+        # rows of the output, in src's dtype
+        out = None if grad else src.new_empty((n, hyper_in.shape[1], 4 * h, 4 * w))
         # Work in blocks of (prompts, embedding rows) whose upscaled features (the largest
-        # intermediate, 16 x C/8 values per embedding pixel and prompt) stay in the CPU's
-        # cache, and write each block's logits straight into its rows of the output.
+        # intermediate, 16 x C/8 values per embedding pixel and prompt) stay in the CPU's cache.
         c8 = self.output_upscaling[3].out_channels
         per_row = w * 16 * c8 * torch.empty((), dtype=dtype).element_size()
         rows = max(1, min(h, _UPSCALE_CHUNK_BYTES // per_row))
@@ -152,14 +153,11 @@ class MaskDecoder(nn.Module):
             row_parts = []
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
-                block = self._upscale_and_project(s_i[:, r0 * w : r1 * w], hyper_in[i : i + step], (r1 - r0, w),
-                                                  per_pixel)
-                if grad:
-                    row_parts.append(block)
-                    continue
-                if out is None:
-                    out = block.new_empty((n, block.shape[1], 4 * h, 4 * w), dtype=src.dtype)
-                out[i : i + step, :, 4 * r0 : 4 * r1] = block
+                block = self._upscale_and_project(
+                    s_i[:, r0 * w : r1 * w], hyper_in[i : i + step], (r1 - r0, w), per_pixel,
+                    None if out is None else out[i : i + step, :, 4 * r0 : 4 * r1],
+                )
+                row_parts.append(block)
             if grad:
                 parts.append(torch.cat(row_parts, dim=2))
         return torch.cat(parts) if grad else out
@@ -176,13 +174,19 @@ class MaskDecoder(nn.Module):
         return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4), ln.weight, ln.bias
 
     def _upscale_and_project(
-        self, src: torch.Tensor, hyper_in: torch.Tensor, hw: tuple[int, int], per_pixel: tuple[torch.Tensor, ...]
+        self,
+        src: torch.Tensor,
+        hyper_in: torch.Tensor,
+        hw: tuple[int, int],
+        per_pixel: tuple[torch.Tensor, ...],
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (n, M, 4h, 4w) of image tokens ``src`` (1 or n, h*w, C) for ``hyper_in`` (n, M, C/8).
 
         ``per_pixel``: :meth:`_per_pixel_upscaling`, prepared once for all blocks.
+        ``out``: an (n, M, 4h, 4w) view to write the logits into (returned); ``None`` returns a new tensor.
         """
-        n = hyper_in.shape[0]
+        n, M = hyper_in.shape[:2]
         h, w = hw
         _, ln, act1, _, act2 = self.output_upscaling
         w1, b1, w2, b2, ln_w, ln_b = per_pixel
@@ -190,13 +194,20 @@ class MaskDecoder(nn.Module):
         c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
         x = torch.addmm(b1, src.reshape(b * h * w, c), w1)  # (b*h*w, 4 * c4)
         x = act1(F.layer_norm(x.view(b * h * w * 4, c4), (c4,), ln_w, ln_b, ln.eps))
-        x = act2(torch.addmm(b2, x, w2))  # (b*h*w*4, 4 * c8)
-        # (n, M, C/8) @ (b, C/8, pixels): the masks are the rows of the product (a wide matrix
-        # product, not a skinny one with M columns); a batch-1 image side broadcasts.
-        m = torch.matmul(hyper_in, x.view(b, h * w * 16, c8).transpose(1, 2))  # (n, M, h*w*16)
-        # (n, M, i, j, a, b, c, e) -> (n, M, i a c, j b e): row 4i + 2a + c, column 4j + 2b + e
-        M = m.shape[1]
-        return m.view(n, M, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(n, M, 4 * h, 4 * w)
+        x = act2(torch.addmm(b2, x, w2))  # (b*h*w*4, 4 * c8): rows (i, j, a, b), columns (c, e, channel)
+        pixels = x.view(b, h * w * 16, c8)  # rows (i, j, a, b, c, e)
+        if b == 1:  # one product for every prompt and mask of a shared image side: (pixels, C/8) @ (C/8, n*M)
+            m = torch.mm(pixels[0], hyper_in.reshape(n * M, c8).T)[None]
+        else:
+            m = torch.bmm(pixels, hyper_in.transpose(1, 2))  # (n, pixels, M)
+        # (b, i, j, a, b, c, e, n*M / M) -> (n, M, i a c, j b e): row 4i + 2a + c, column 4j + 2b + e.
+        # The pixel shuffle is done by the one copy into the output (on CPU the product with the
+        # pixels as rows, then this strided copy, beat the wide (M, pixels) product and a reshape).
+        shuffled = m.view(b, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(n, M, h, 2, 2, w, 2, 2)
+        if out is None:
+            return shuffled.reshape(n, M, 4 * h, 4 * w)
+        out.view(n, M, h, 2, 2, w, 2, 2).copy_(shuffled)
+        return out
 
 
 # Bytes of upscaled features per block of (prompts, embedding rows) in MaskDecoder.masks_from.
