@@ -76,9 +76,9 @@ class SamPredictor:
     def decoder_dtype(self) -> torch.dtype | None:
         """The dtype of the mask decoder's image-side products (``None``: fp32, exact).
 
-        With reduced precision, the decoder's large products with the h*w image tokens
-        and its upscaling run in bf16/fp16; prompt tokens, normalisations, the image
-        tokens' residual stream and every returned logit and IoU stay fp32.
+        With reduced precision, the decoder's h*w image tokens, every product with them
+        and its upscaling are bf16/fp16; the prompt tokens and every returned logit and
+        IoU stay fp32.
         """
         return autocast_dtype(self.precision)
 

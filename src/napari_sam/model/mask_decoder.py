@@ -56,8 +56,9 @@ class MaskDecoder(nn.Module):
             image_pe: (1, C, h, w).
             sparse_prompt_embeddings: (B, K, C).
             dense_prompt_embeddings: (B, C, h, w).
-            compute_dtype: dtype of the products with the image tokens and of the upscaling
-                (e.g. ``torch.bfloat16``); ``None``: the inputs' dtype. Outputs keep the inputs' dtype.
+            compute_dtype: dtype of the image tokens in the transformer, of every product with
+                them and of the upscaling (e.g. ``torch.bfloat16``); ``None``: the inputs' dtype.
+                The prompt tokens and both outputs keep the prompts' dtype.
         Returns:
             low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M),
             M = 3 with ``multimask_output`` else 1.
@@ -121,7 +122,7 @@ class MaskDecoder(nn.Module):
 
         ``which`` selects the mask tokens (default: all ``num_mask_tokens``).
         ``compute_dtype`` (``None``: ``src``'s dtype) is the dtype the upscaling runs in;
-        the logits are returned in ``src``'s dtype.
+        the logits are returned in the dtype of ``tokens`` (fp32 where ``src`` is reduced).
         The upscaling (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) is done as
         per-pixel matrix products on channels-last features: a 2x2 stride-2
         transposed convolution maps each input pixel to its own 2x2 output block,
@@ -136,8 +137,8 @@ class MaskDecoder(nn.Module):
         dtype = compute_dtype or src.dtype
         grad = torch.is_grad_enabled() and (src.requires_grad or hyper_in.requires_grad)
         # autograd concatenates the blocks; otherwise each block's logits go straight into their
-        # rows of the output, in src's dtype
-        out = None if grad else src.new_empty((n, hyper_in.shape[1], 4 * h, 4 * w))
+        # rows of the output, in the tokens' dtype
+        out = None if grad else src.new_empty((n, hyper_in.shape[1], 4 * h, 4 * w), dtype=hyper_in.dtype)
         # Work in blocks of (prompts, embedding rows) whose upscaled features (the largest
         # intermediate, 16 x C/8 values per embedding pixel and prompt) stay in the CPU's cache.
         c8 = self.output_upscaling[3].out_channels

@@ -39,11 +39,10 @@ class Attention(nn.Module):
     An image side of batch 1 is shared by all B prompts: it is projected once and
     never repeated B times.
 
-    Reduced precision: the image side may come in bf16/fp16 (see
-    :meth:`TwoWayTransformer.forward`'s ``compute_dtype``). Every product with it
-    then runs in that dtype (the small token-side operands are cast to it), and
-    what returns to the tokens is cast back to theirs; the token side and the
-    image tokens' residual stream stay in their own (fp32) dtype.
+    Reduced precision: the image side may be bf16/fp16 while the prompt tokens are
+    fp32 (see :meth:`TwoWayTransformer.forward`'s ``compute_dtype``). Every product
+    with the image side then runs in its dtype (the small token-side operands are
+    cast to it), and what returns to the tokens is cast back to theirs.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -151,8 +150,6 @@ class Attention(nn.Module):
         u = _as((u + self.out_proj.bias / H).reshape(B, H * N, C), p)
         if residual is None:
             return torch.bmm(p, u)
-        if residual.dtype != p.dtype:  # reduced-precision product, residual stream in its own dtype
-            return residual + torch.bmm(p, u)
         return torch.baddbmm(residual, p, u)
 
 
@@ -182,12 +179,10 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
-        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N, C) and image tokens ``keys`` (B or 1, h*w, C) -> the same, updated.
 
-        ``key_pe`` is already in ``compute_dtype`` (the dtype of the image-side products;
-        ``None``: ``keys``' dtype), so the image side is cast once per layer, not per use.
+        ``keys`` and ``key_pe`` may be in a reduced dtype (bf16/fp16) and stay in it.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -196,10 +191,9 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        v = keys if compute_dtype is None else keys.to(compute_dtype)
-        k = v + key_pe  # the same image side for both cross attentions
+        k = keys + key_pe  # the same image side for both cross attentions
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, v))
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
@@ -238,10 +232,11 @@ class TwoWayTransformer(nn.Module):
         """(B or 1, C, h, w) image, (B or 1, C, h, w) pe, (B, N, C) tokens -> tokens, keys (B, h*w, C).
 
         A batch-1 image or pe is broadcast over the B prompt sets. ``compute_dtype``
-        (e.g. ``torch.bfloat16``; ``None``: the inputs' dtype) is the dtype of the
-        products with the h*w image tokens, most of the decoder's work; the image
-        tokens' residual stream, the normalisations and the prompt tokens stay in
-        the inputs' dtype.
+        (e.g. ``torch.bfloat16``; ``None``: the inputs' dtype) is the dtype of the h*w
+        image tokens: their stream through the layers (LayerNorm computes in fp32
+        internally) and every product with them, most of the decoder's work. The
+        prompt tokens stay in the inputs' dtype; the returned image tokens are in
+        ``compute_dtype``.
         """
         # (B, h*w, C) token layout, contiguous: every image-side product and sum below then
         # runs on plain row-major operands (an add of a permuted and a contiguous
@@ -249,13 +244,12 @@ class TwoWayTransformer(nn.Module):
         # input is already channels-last (the predictor keeps its embedding so).
         image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
         image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        if compute_dtype is not None:
-            image_pe = image_pe.to(compute_dtype)
+        if compute_dtype is not None:  # the image side is cast once, here
+            image_embedding, image_pe = image_embedding.to(compute_dtype), image_pe.to(compute_dtype)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe, compute_dtype)
+            queries, keys = layer(queries, keys, point_embedding, image_pe)
         q = queries + point_embedding
-        v = keys if compute_dtype is None else keys.to(compute_dtype)
-        k = v + image_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, v))
+        k = keys + image_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
