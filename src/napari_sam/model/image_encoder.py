@@ -142,7 +142,7 @@ class Attention(nn.Module):
                 bias = _bias_block(rel_h[:, h0:h1, r0:r1], rel_w[:, h0:h1, r0:r1], chunk_buf)
                 qc = q[:, h0:h1, r0 * W : r1 * W]
                 if explicit:
-                    res = _attend_explicit(qc, k[:, h0:h1], v[:, h0:h1], bias, self.scale)
+                    res = _attend_explicit(qc, k[:, h0:h1], v[:, h0:h1], bias, self.scale, bias_is_scratch=not grad)
                 else:
                     res = F.scaled_dot_product_attention(qc, k[:, h0:h1], v[:, h0:h1], attn_mask=bias, scale=self.scale)
                 if out is None:
@@ -178,17 +178,25 @@ def _bias_block(rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor | No
     return out
 
 
-def _attend_explicit(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+def _attend_explicit(
+    q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float, bias_is_scratch: bool = False
+) -> torch.Tensor:
     """softmax(scale * q k^T + bias) v with explicit batched matmuls.
 
     q: (B, heads, Lq, C), kt: (B, heads, C, Lk), v: (B, heads, Lk, C), bias: (B, heads, Lq, Lk)
     -> (B, heads, Lq, C). In bf16/fp16 on CPU the matmuls run on the native
     reduced-precision GEMM (oneDNN, AMX where present), which beats the fused
-    SDPA kernel there; in fp32 the fused kernel is faster.
+    SDPA kernel there; in fp32 the fused kernel is faster. ``bias_is_scratch``:
+    the (contiguous) bias may be overwritten, so the scores are accumulated into it
+    in place instead of into a copy of it.
     """
     B, nh, Lq, C = q.shape
     Lk = kt.shape[-1]
-    scores = torch.baddbmm(bias.reshape(B * nh, Lq, Lk), q.reshape(B * nh, Lq, C), kt.reshape(B * nh, C, Lk), alpha=scale)
+    q3, kt3 = q.reshape(B * nh, Lq, C), kt.reshape(B * nh, C, Lk)
+    if bias_is_scratch:
+        scores = bias.view(B * nh, Lq, Lk).baddbmm_(q3, kt3, alpha=scale)
+    else:
+        scores = torch.baddbmm(bias.reshape(B * nh, Lq, Lk), q3, kt3, alpha=scale)
     attn = torch.softmax(scores, dim=-1)
     del scores
     return torch.bmm(attn, v.reshape(B * nh, Lk, C)).view(B, nh, Lq, C)
@@ -214,8 +222,11 @@ def window_partition(
     pad_h = (window_size - H % window_size) % window_size
     pad_w = (window_size - W % window_size) % window_size
     if (pad_h > 0 or pad_w > 0) and fill is not None:
-        padded = fill.to(x.dtype).expand(B, H + pad_h, W + pad_w, C)
-        x = torch.cat([torch.cat([x, padded[:, :H, W:]], dim=2), padded[:, H:]], dim=1)
+        padded = x.new_empty(B, H + pad_h, W + pad_w, C)  # one write of each element (two nested cats wrote twice)
+        padded[:, :H, :W] = x
+        padded[:, :H, W:] = fill
+        padded[:, H:] = fill
+        x = padded
     elif pad_h > 0 or pad_w > 0:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     Hp, Wp = H + pad_h, W + pad_w
