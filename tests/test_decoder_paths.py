@@ -163,3 +163,37 @@ def test_predictor_bf16_uses_the_reduced_decoder(tiny_model, monkeypatch):
     assert l16.dtype == np.float32 and s16.dtype == np.float32
     assert not np.array_equal(l16, l32)
     assert (m16 == m32).mean() > 0.99
+
+
+def test_dense_pe_is_cast_once_per_dtype_and_follows_the_buffer(tiny_checkpoint):
+    from napari_sam.model import build_sam
+
+    model = build_sam("tiny", checkpoint=tiny_checkpoint)  # its own copy: the buffer is changed below
+    pe_enc = model.prompt_encoder
+    pe32, pe16 = pe_enc.get_dense_pe(), pe_enc.get_dense_pe(torch.bfloat16)
+    assert pe32.dtype == torch.float32 and pe16.dtype == torch.bfloat16
+    assert pe_enc.get_dense_pe(torch.bfloat16) is pe16 and pe_enc.get_dense_pe(torch.float32) is pe32
+    assert pe16.is_contiguous(memory_format=torch.channels_last)  # token layout without a copy
+    assert torch.equal(pe16, pe32.to(torch.bfloat16))
+    sd = model.state_dict()
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    sd[key] = sd[key] * 1.5
+    model.load_state_dict(sd)
+    changed = pe_enc.get_dense_pe(torch.bfloat16)
+    assert not torch.equal(changed, pe16)
+    assert torch.equal(changed, pe_enc.get_dense_pe().to(torch.bfloat16))
+
+
+def test_reduced_precision_predictor_keeps_its_decoder_copy_of_the_embedding_in_bf16(tiny_model, monkeypatch):
+    import numpy as np
+
+    from napari_sam.engine import device as device_mod
+    from napari_sam.engine.predictor import SamPredictor
+
+    monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
+    p = SamPredictor(tiny_model, precision="bf16")
+    p.set_image(np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    feats = p._features_for_decoder(p.get_embedding())
+    assert feats.dtype == torch.bfloat16 and feats.is_contiguous(memory_format=torch.channels_last)
+    assert p.get_embedding().features.dtype == torch.float32  # what callers and the cache see stays fp32
+    assert p._features_for_decoder(p.get_embedding()) is feats

@@ -198,18 +198,19 @@ class SamPredictor:
         self._decoder_features: tuple[torch.Tensor, int | None, torch.Tensor] | None = None
 
     def _features_for_decoder(self, emb: Embedding) -> torch.Tensor:
-        """``emb.features`` in channels-last memory, made once per features tensor.
+        """``emb.features`` in channels-last memory and the decoder's dtype, made once per features tensor.
 
         The decoder works on (h*w, C) image tokens; from channels-last storage that
-        view needs no copy, so no click re-lays-out the 4 MB embedding. Keyed by the
-        tensor itself (and its version counter), not the Embedding: the Segmenter
-        hands the predictor the same cached tensor in a new Embedding on every click.
+        view needs no copy, so no click re-lays-out (or re-casts) the 4 MB embedding.
+        Keyed by the tensor itself (and its version counter), not the Embedding: the
+        Segmenter hands the predictor the same cached tensor in a new Embedding on every click.
         """
         f = emb.features
         version = None if f.is_inference() else f._version  # inference tensors have no version counter
         cached = self._decoder_features
         if cached is None or cached[0] is not f or cached[1] != version:
-            self._decoder_features = cached = (f, version, f.contiguous(memory_format=torch.channels_last))
+            laid_out = f.to(self.decoder_dtype or f.dtype).contiguous(memory_format=torch.channels_last)
+            self._decoder_features = cached = (f, version, laid_out)
         return cached[2]
 
     # reference-compatible attributes
@@ -299,7 +300,7 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res, iou = self.model.mask_decoder(
             image_embeddings=self._features_for_decoder(emb),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self.model.prompt_encoder.get_dense_pe(self.decoder_dtype),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,

@@ -108,6 +108,10 @@ class MaskDecoder(nn.Module):
         dense = dense_prompt_embeddings
         if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]
+        if dense.dtype != image_embeddings.dtype:  # a reduced-precision image side stays in its dtype
+            if dense.stride(-1) == 0 and dense.stride(-2) == 0:
+                dense = dense[..., :1, :1]  # one vector per prompt set: cast it, not its expansion
+            dense = dense.to(image_embeddings.dtype)
         return self.transformer(image_embeddings + dense, image_pe, tokens, compute_dtype)
 
     def masks_from(

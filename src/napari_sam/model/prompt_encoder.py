@@ -80,24 +80,30 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
-        self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # (buffer key, pe): see get_dense_pe
+        self._dense_pe: tuple[tuple, dict] | None = None  # (buffer key, {dtype: pe}): see get_dense_pe
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid, (1, C, h, w).
+    def get_dense_pe(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Positional encoding of the image embedding grid, (1, C, h, w), in ``dtype`` (default fp32).
 
         It depends only on the (untrained) frequency buffer, so it is computed once
-        and reused until that buffer changes (a new state dict, a move to another
-        device); sin/cos over the whole grid is otherwise a few ms of every click.
-        The tensor is a channels-last view ((h, w, C) storage), so the decoder's
-        (1, h*w, C) token layout of it needs no copy. Inference-mode tensors are
-        kept apart from normal ones (autograd cannot save the former).
+        (and cast once per dtype) and reused until that buffer changes (a new state
+        dict, a move to another device); sin/cos over the whole grid is otherwise a few
+        ms of every click. The tensor is a channels-last view ((h, w, C) storage), so the
+        decoder's (1, h*w, C) token layout of it needs no copy. Inference-mode tensors
+        are kept apart from normal ones (autograd cannot save the former).
         """
         g = self.pe_layer.positional_encoding_gaussian_matrix
         key = (g.device, g.data_ptr(), g._version, torch.is_inference_mode_enabled())
         if self._dense_pe is None or self._dense_pe[0] != key:
             with torch.no_grad():
-                self._dense_pe = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
-        return self._dense_pe[1]
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe = (key, {pe.dtype: pe})
+        by_dtype = self._dense_pe[1]
+        dtype = dtype or next(iter(by_dtype))
+        if dtype not in by_dtype:
+            with torch.no_grad():
+                by_dtype[dtype] = next(iter(by_dtype.values())).to(dtype)
+        return by_dtype[dtype]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # to pixel centres
