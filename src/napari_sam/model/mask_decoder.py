@@ -146,7 +146,7 @@ class MaskDecoder(nn.Module):
         # Work in blocks of (prompts, embedding rows) whose upscaled features (the largest
         # intermediate, 16 x C/8 values per embedding pixel and prompt) stay in the CPU's cache.
         c8 = self.output_upscaling[3].out_channels
-        per_row = w * 16 * c8 * torch.empty((), dtype=dtype).element_size()
+        per_row = w * 16 * c8 * dtype.itemsize
         rows = max(1, min(h, _UPSCALE_CHUNK_BYTES // per_row))
         step = max(1, _UPSCALE_CHUNK_BYTES // (rows * per_row))
         per_pixel = tuple(t.to(dtype) for t in self._per_pixel_upscaling())  # the same for every block

@@ -174,11 +174,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        query_pe: torch.Tensor,
-        key_pe: torch.Tensor,
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N, C) and image tokens ``keys`` (B or 1, h*w, C) -> the same, updated.
 
