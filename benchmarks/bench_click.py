@@ -13,7 +13,7 @@ same embedding for comparison.
 Models: vit_b (random, perturbed weights; 1024 px input) and the 'tiny' architecture
 (bundled weights if present, else random). Image: 1024 x 1024 uint16.
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_click.py [--models vit_b tiny] [--clicks 20]
+    xvfb-run -a .venv/bin/python benchmarks/bench_click.py [--models vit_b tiny] [--clicks 20] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _model(name):
     return _perturbed(build_sam(name)), f"{name} (random perturbed weights)"
 
 
-def bench(name: str, clicks: int, size: int) -> dict:
+def bench(name: str, clicks: int, size: int, precision: str | None = None) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -63,7 +63,7 @@ def bench(name: str, clicks: int, size: int) -> dict:
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
     ctl = widget.controller
     t0 = time.perf_counter()
-    widget.set_model(model, name=name)
+    widget.set_model(model, name=name, precision=precision)
     app = QApplication.instance()
     while widget.busy or not ctl.segmenter.has_embedding(None):  # the worker embeds
         app.processEvents()
@@ -102,6 +102,7 @@ def bench(name: str, clicks: int, size: int) -> dict:
         "model": label,
         "image": f"{size}x{size} uint16",
         "device": str(ctl.segmenter.predictor.device),
+        "precision": ctl.segmenter.predictor.precision,
         "torch_threads": __import__("torch").get_num_threads(),
         "embedding_s_in_worker": round(embed_s, 2),
         "data_event_to_preview_ms_median": ms(statistics.median(from_event)),
@@ -119,12 +120,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["tiny", "vit_b"])
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--precision", default=None, help="fp32 / bf16 / fp16 (default: the engine's default)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     for name in args.models:
-        print(json.dumps(bench(name, args.clicks, args.size)), flush=True)
+        print(json.dumps(bench(name, args.clicks, args.size, args.precision)), flush=True)
 
 
 if __name__ == "__main__":
