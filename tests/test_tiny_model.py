@@ -84,3 +84,26 @@ def test_negative_click_removes_touching_neighbour(predictor):
     )
     assert (masks[0] & b).sum() / b.sum() < 0.2
     assert _iou(masks[0], a) > 0.7
+
+
+def test_bf16_gives_the_fp32_cells(cells_image, monkeypatch):
+    """With trained weights, reduced precision (encoder and decoder in bf16) picks the same cells:
+    each click's mask agrees with the fp32 one (random-weight agreement is in test_decoder_paths)."""
+    from napari_sam.engine import device as device_mod
+    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.zoo import load_model
+    from napari_sam.training.evaluate import centre_point
+
+    monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
+    model = load_model("tiny", device="cpu")
+    p32, p16 = SamPredictor(model, precision="fp32"), SamPredictor(model, precision="bf16")
+    img, lab = cells_image
+    p32.set_image(img)
+    p16.set_image(img)
+    assert p16.decoder_dtype is not None
+    for obj in range(1, lab.max() + 1):
+        r, c = centre_point(lab == obj)
+        kw = dict(point_coords=np.array([[c, r]], float), point_labels=np.array([1]))
+        m32, s32, _ = p32.predict(**kw)
+        m16, s16, _ = p16.predict(**kw)
+        assert _iou(m16[int(np.argmax(s16))], m32[int(np.argmax(s32))]) > 0.95, obj
