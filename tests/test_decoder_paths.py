@@ -110,12 +110,14 @@ def _prompts(model):
     return (pts, torch.tensor([[1, 0]], dtype=torch.int))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("batch, shared, mask_prompt", [(1, True, False), (4, True, False), (3, False, False),
                                                        (2, True, True)])
-def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(tiny_model, batch, shared, mask_prompt):
-    """compute_dtype=bf16 runs the image-side products in bf16 (the logits differ from fp32, so
-    it is not ignored) yet stays close; outputs keep the fp32 dtype. Covers one prompt, a batch on a
-    shared image side, one image side per prompt, and mask prompts (a per-prompt dense embedding)."""
+def test_reduced_decoder_is_close_to_fp32_and_returns_fp32(tiny_model, batch, shared, mask_prompt, dtype):
+    """compute_dtype=bf16/fp16 (fp16: what CUDA and MPS get) runs the image side in that dtype (the
+    logits differ from fp32, so it is not ignored) yet stays close; outputs keep the fp32 dtype.
+    Covers one prompt, a batch on a shared image side, one image side per prompt, and mask prompts
+    (a per-prompt dense embedding)."""
     g = torch.Generator().manual_seed(1)
     pe_enc, dec = tiny_model.prompt_encoder, tiny_model.mask_decoder
     h, w = pe_enc.image_embedding_size
@@ -127,7 +129,7 @@ def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(tiny_model, batch, share
         sparse, dense = pe_enc(points=(pts, labels), boxes=None, masks=masks)
         pe = pe_enc.get_dense_pe()
         low32, iou32 = dec(emb, pe, sparse, dense, True)
-        low16, iou16 = dec(emb, pe, sparse, dense, True, compute_dtype=torch.bfloat16)
+        low16, iou16 = dec(emb, pe, sparse, dense, True, compute_dtype=dtype)
     assert low16.dtype == torch.float32 and iou16.dtype == torch.float32
     assert low16.shape == low32.shape == (batch, 3, 4 * h, 4 * w)
     err = float((low16 - low32).norm() / low32.norm())
