@@ -199,3 +199,15 @@ def test_reduced_precision_predictor_keeps_its_decoder_copy_of_the_embedding_in_
     assert feats.dtype == torch.bfloat16 and feats.is_contiguous(memory_format=torch.channels_last)
     assert p.get_embedding().features.dtype == torch.float32  # what callers and the cache see stays fp32
     assert p._features_for_decoder(p.get_embedding()) is feats
+
+
+@pytest.mark.parametrize("bad", [torch.int8, "bf16", torch.bool])
+def test_compute_dtype_must_be_a_float_dtype(tiny_model, bad):
+    dec = tiny_model.mask_decoder
+    emb = torch.zeros(1, 128, 32, 32)
+    sparse = torch.zeros(1, 2, 128)
+    dense = torch.zeros(1, 128, 32, 32)
+    with pytest.raises(ValueError, match="compute_dtype must be a floating torch dtype"):
+        dec(emb, tiny_model.prompt_encoder.get_dense_pe(), sparse, dense, True, compute_dtype=bad)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        dec.masks_from(torch.zeros(1, 32 * 32, 128), torch.zeros(1, 6, 128), (32, 32), compute_dtype=bad)

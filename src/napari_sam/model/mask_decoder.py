@@ -97,6 +97,7 @@ class MaskDecoder(nn.Module):
 
         Token 0 is the IoU token, tokens 1..M the mask tokens. ``compute_dtype``: see :meth:`forward`.
         """
+        _check_compute_dtype(compute_dtype)
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1).to(sparse_prompt_embeddings.dtype)
@@ -133,6 +134,7 @@ class MaskDecoder(nn.Module):
         so the pixel shuffle is postponed to the final (n, M) logits, which are
         far smaller than the (n, C/8, 4h, 4w) features.
         """
+        _check_compute_dtype(compute_dtype)
         n = tokens.shape[0]
         mlps = list(self.output_hypernetworks_mlps)[which]
         first = range(self.num_mask_tokens)[which]
@@ -213,6 +215,11 @@ class MaskDecoder(nn.Module):
             return shuffled.reshape(n, M, 4 * h, 4 * w)
         out.view(n, M, h, 2, 2, w, 2, 2).copy_(shuffled)
         return out
+
+
+def _check_compute_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"compute_dtype must be a floating torch dtype (e.g. torch.bfloat16) or None, got {dtype!r}.")
 
 
 # Bytes of upscaled features per block of (prompts, embedding rows) in MaskDecoder.masks_from.
