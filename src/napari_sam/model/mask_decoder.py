@@ -164,7 +164,8 @@ class MaskDecoder(nn.Module):
                     s_i[:, r0 * w : r1 * w], hyper_in[i : i + step], (r1 - r0, w), per_pixel,
                     None if out is None else out[i : i + step, :, 4 * r0 : 4 * r1],
                 )
-                row_parts.append(block)
+                if grad:
+                    row_parts.append(block)
             if grad:
                 parts.append(torch.cat(row_parts, dim=2))
         return torch.cat(parts) if grad else out
