@@ -21,8 +21,8 @@ Segmenter (:meth:`SamController.busy`); a prediction that finds it busy (an embe
 is deferred until the embedding finishes instead of waiting.
 
 The embedding bookkeeping lives in :mod:`.embedding_jobs`, the commit undo/redo stacks in
-:mod:`.commit_history`, picking a committed label back up in :mod:`.label_edit`; the controller
-coordinates them with the viewer's layers.
+:mod:`.commit_history`, picking a committed label back up in :mod:`.label_edit`, the Labels
+layers napari-sam adds in :mod:`.own_layers`; the controller coordinates them.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import numpy as np
 
 from ..engine.progress import Progress, run_blocking
 from ..errors import ImageNotSetError, InvalidPromptError, NapariSamError
-from . import labels_io, layer_data, prompt_layers
+from . import labels_io, layer_data, own_layers, prompt_layers
 from .commit_history import CommitHistory
 from .embedding_jobs import EmbeddingJobs, EmbeddingResult
-from .label_edit import LabelEdit, pick_up
+from .label_edit import LabelEdit, pick_up, predict_prompts
 
 __all__ = ["SamController", "EmbeddingResult"]
 
@@ -193,8 +193,7 @@ class SamController:
         preview = self.preview_layer
         if preview is not None and np.shape(preview.data) != layer_data.labels_shape(self.image_layer):
             self.preview_layer = None
-            if preview in self.viewer.layers:
-                self.viewer.layers.remove(preview)
+            own_layers.remove_layers(self.viewer, [preview])
         self._show(None, None)
         self._request_embedding_if_needed()
 
@@ -278,32 +277,23 @@ class SamController:
         bind_controller_keys(layer, self)
 
     def _remove_own_layers(self) -> None:
-        viewer = self._viewer_ref()
+        # one at a time: removing a layer runs viewer callbacks that may read the others
         for attr in ("points_layer", "boxes_layer", "preview_layer"):
             layer = getattr(self, attr)
             setattr(self, attr, None)
-            if viewer is not None and layer is not None and layer in viewer.layers:
-                viewer.layers.remove(layer)
+            own_layers.remove_layers(self._viewer_ref(), [layer])
         self._preview_key = None
 
     def add_point(self, rowcol, positive: bool = True) -> None:
         """Add a click at (row, col) of the displayed slice (image data frame); the preview updates."""
         self.ensure_prompt_layers()
-        key = self.current_key()
-        data = np.concatenate([np.asarray(key, float), np.asarray(rowcol, float)])
-        coords = layer_data.layer_to_layer(self.image_layer, self.points_layer, data[None])[0]
-        prompt_layers.add_point(self.points_layer, coords, positive)
+        prompt_layers.add_point_on_slice(self.points_layer, self.image_layer, self.current_key(), rowcol, positive)
         self.points_layer.feature_defaults[prompt_layers.POSITIVE] = not self.negative_mode
 
     def add_box(self, box) -> None:
         """Add a box prompt (row0, col0, row1, col1) on the displayed slice (image data frame)."""
         self.ensure_prompt_layers()
-        key = np.asarray(self.current_key(), float)
-        r0, c0, r1, c1 = (float(v) for v in box)
-        corners = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
-        verts = np.concatenate([np.repeat(key[None], 4, 0), corners], axis=1)
-        verts = layer_data.layer_to_layer(self.image_layer, self.boxes_layer, verts)
-        self.boxes_layer.add_rectangles(verts)
+        prompt_layers.add_box_on_slice(self.boxes_layer, self.image_layer, self.current_key(), box)
 
     def prompts(self) -> prompt_layers.SlicePrompts:
         """The prompts of the displayed slice, in the image's data frame."""
@@ -350,15 +340,9 @@ class SamController:
         if mask is None and (self.preview_layer is None or self._preview_key is None):
             return  # nothing is shown: nothing to clear
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
-            layer = labels_io.make_labels_layer(self.image_layer, labels_io.PREVIEW_NAME, dtype=np.uint8)
-            layer.opacity = 0.55
-            layer.metadata["napari_sam_role"] = "preview"
-            self.preview_layer = self.viewer.add_layer(layer)
-            self._bind_keys(self.preview_layer)
-            if self.points_layer is not None:  # keep clicks on top and active
-                layers = self.viewer.layers
-                layers.move(layers.index(self.preview_layer), layers.index(self.points_layer))
-                layers.selection.active = self.points_layer
+            self.preview_layer = own_layers.add_preview_layer(
+                self.viewer, self.image_layer, self.points_layer, self._bind_keys
+            )
             self._preview_key = None
         labels_io.show_preview(self.preview_layer, key or (), mask, clear_key=self._preview_key)
         self._preview_key = key if mask is not None else None
@@ -401,18 +385,7 @@ class SamController:
             try:
                 self._jobs.pending = False
                 t0 = time.perf_counter()
-                n_prompts = len(p.points) + (p.box is not None)
-                extra = {"mask_input": edit.logits, "tile": edit.tile} if edit and edit.logits is not None else {}
-                if extra.get("tile") is None:
-                    extra.pop("tile", None)
-                pred = self.segmenter.predict(
-                    points=p.points if len(p.points) else None,
-                    labels=p.labels if len(p.points) else None,
-                    box=p.box,
-                    slice_index=key or None,
-                    multimask=n_prompts == 1 and edit is None,
-                    **extra,
-                )
+                pred = predict_prompts(self.segmenter, p, key, edit)
                 self.last_predict_seconds = time.perf_counter() - t0
             finally:
                 self._lock.release()
@@ -449,23 +422,9 @@ class SamController:
 
     # ---- commit / undo ---------------------------------------------------------------------------
     def _ensure_target(self) -> Any:
-        viewer = self.viewer
-        target = self.target_layer
-        if target is not None and target in viewer.layers:
-            labels_io.check_target(target, self.image_layer)
-            return target
-        for layer in viewer.layers:  # reuse a target napari-sam made earlier for an image of this shape
-            if layer.metadata.get("napari_sam_role") == "target" and np.shape(layer.data) == tuple(
-                layer_data.labels_shape(self.image_layer)
-            ):
-                self.target_layer = layer
-                return layer
-        layer = labels_io.make_labels_layer(self.image_layer, labels_io.TARGET_NAME)
-        layer.metadata["napari_sam_role"] = "target"
-        self.target_layer = viewer.add_layer(layer)
-        self._bind_keys(self.target_layer)
-        if self.points_layer is not None:
-            viewer.layers.selection.active = self.points_layer
+        self.target_layer = own_layers.find_or_add_target(
+            self.viewer, self.target_layer, self.image_layer, self.points_layer, self._bind_keys
+        )
         return self.target_layer
 
     def accept(self) -> int:

@@ -59,3 +59,27 @@ def pick_up(segmenter: Any, target: Any, image_layer: Any, key: tuple[int, ...],
         raise InvalidPromptError(f"Label {label_id} is not on the displayed slice of {target.name!r}.")
     logits, tile = mask_prompt(segmenter, mask)
     return LabelEdit(int(label_id), key, mask, logits, tile)
+
+
+def predict_prompts(segmenter: Any, prompts: Any, key: tuple[int, ...], edit: LabelEdit | None) -> Any:
+    """The segmenter's :class:`~napari_sam.engine.tiled_prediction.Prediction` for one slice's prompts.
+
+    ``prompts`` is a :class:`~napari_sam.adapters.prompt_layers.SlicePrompts`. While ``edit``
+    corrects a committed object, its mask prompt (and tile) goes with the clicks and a single
+    mask is asked for; otherwise a lone prompt gets the three ambiguous candidates.
+    """
+    has_points = len(prompts.points) > 0
+    extra = {}
+    if edit is not None and edit.logits is not None:
+        extra["mask_input"] = edit.logits
+        if edit.tile is not None:
+            extra["tile"] = edit.tile
+    n_prompts = len(prompts.points) + (prompts.box is not None)
+    return segmenter.predict(
+        points=prompts.points if has_points else None,
+        labels=prompts.labels if has_points else None,
+        box=prompts.box,
+        slice_index=key or None,
+        multimask=n_prompts == 1 and edit is None,
+        **extra,
+    )

@@ -163,3 +163,18 @@ def clear_prompts(points_layer: Any, boxes_layer: Any) -> None:
         points_layer.data = np.empty((0, points_layer.ndim))
     if boxes_layer is not None and len(boxes_layer.data):
         boxes_layer.data = []
+
+
+def add_point_on_slice(points_layer: Any, image_layer: Any, key: tuple[int, ...], rowcol: Any, positive: bool) -> None:
+    """Add a click at (row, col) of slice ``key`` given in ``image_layer``'s data frame."""
+    data = np.concatenate([np.asarray(key, float), np.asarray(rowcol, float)])
+    add_point(points_layer, layer_to_layer(image_layer, points_layer, data[None])[0], positive)
+
+
+def add_box_on_slice(boxes_layer: Any, image_layer: Any, key: tuple[int, ...], box: Any) -> None:
+    """Add a rectangle (row0, col0, row1, col1) on slice ``key`` given in ``image_layer``'s data frame."""
+    lead = np.asarray(key, float)
+    r0, c0, r1, c1 = (float(v) for v in box)
+    corners = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
+    verts = np.concatenate([np.repeat(lead[None], 4, 0), corners], axis=1)
+    boxes_layer.add_rectangles(layer_to_layer(image_layer, boxes_layer, verts))

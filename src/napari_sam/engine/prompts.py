@@ -97,3 +97,33 @@ def check_mask_input(mask_input: np.ndarray | None, expected_hw: tuple[int, int]
         )
     _finite(m, "mask_input")
     return m
+
+
+def check_rowcol_prompts(points, labels, box, image_hw: tuple[int, int]):
+    """Check prompts given in napari's (row, col) order on an (H, W) image.
+
+    Returns (points (N, 2) row/col float64 or None, labels (N,) int64 or None,
+    box (4,) row0, col0, row1, col1 or None); labels default to all positive.
+    """
+    from ..model.transforms import rowcol_to_xy
+
+    pts = lab = bx = None
+    if points is not None:
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim == 1 and pts.shape == (2,):
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[-1] != 2:
+            raise InvalidPromptError(f"points must have shape (N, 2) as (row, col); got {pts.shape}.")
+        if labels is None:
+            labels = np.ones(len(pts), dtype=np.int64)
+        xy, lab = check_points(rowcol_to_xy(pts), np.asarray(labels), image_hw)
+        pts = rowcol_to_xy(xy)
+    elif labels is not None:
+        raise InvalidPromptError("labels were given without points.")
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64)
+        if b.shape != (4,):
+            raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
+        xyb = check_box(rowcol_to_xy(b.reshape(2, 2)).reshape(4), image_hw)[0]
+        bx = rowcol_to_xy(xyb.reshape(2, 2)).reshape(4)
+    return pts, lab, bx

@@ -29,17 +29,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidPromptError
-from ..model.transforms import get_preprocess_shape, rowcol_to_xy
+from ..model.transforms import get_preprocess_shape
 from .embedding_store import EmbeddingStore
-from .normalize import intensity_range
+from .image_slices import ImageSlices, SliceIndex
 from .predictor import Embedding, SamPredictor
 from .progress import Progress, run_blocking
-from .prompts import check_box, check_points
+from .prompts import check_rowcol_prompts
 from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
 from .tiling import Tile, TileGrid, check_tiling
-
-FULL_SLICE_SAMPLE_PIXELS = 4_000_000  # above this many pixels per slice, intensity limits use windows
-
 
 def _resolve_model(model: Any, device, precision):
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
@@ -51,13 +48,6 @@ def _resolve_model(model: Any, device, precision):
 
         model = model.to(resolve_device(device))
     return model
-
-
-def _level0(image: Any) -> Any:
-    """napari multiscale data (a list/tuple of arrays, largest first) -> the full-resolution array."""
-    if isinstance(image, (list, tuple)) and image and all(hasattr(a, "shape") for a in image):
-        return image[0]
-    return image
 
 
 class Segmenter:
@@ -104,10 +94,8 @@ class Segmenter:
         self._halo_setting = halo
         self._validate_tiling_setting()
         self.store = EmbeddingStore(cache_dir, max_memory_bytes=self._memory_bound(1))
-        self._image = None
+        self._src: ImageSlices | None = None
         self._image_id: str | None = None
-        self._limits: tuple[float, float] | None = None
-        self._is_rgb = False
         self._grid: TileGrid | None = None
         self._store_bound = False
 
@@ -151,7 +139,7 @@ class Segmenter:
         except InvalidImageError:
             self._tile_setting, self._halo_setting = old
             raise
-        if self._image is not None:
+        if self._src is not None:
             self._setup_grid()
 
     def _memory_bound(self, n_tiles: int) -> int:
@@ -172,23 +160,8 @@ class Segmenter:
             image_id: identity of the data for the disk cache; by default a fingerprint
                 of sampled pixels, shape and dtype (:func:`~napari_sam.engine.fingerprint.image_fingerprint`).
         """
-        image = _level0(image)
-        shape = tuple(getattr(image, "shape", ()))
-        if len(shape) < 2:
-            raise InvalidImageError(f"Image of shape {shape} has fewer than 2 dimensions; expected at least (H, W).")
-        if 0 in shape:
-            raise InvalidImageError(f"Image of shape {shape} is empty.")
-        rgb = self.rgb if rgb is None else rgb
-        if rgb is None:
-            rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
-        if rgb and shape[-1] not in (3, 4):
-            raise InvalidImageError(f"rgb=True but the last axis has length {shape[-1]} (expected 3 or 4).")
-        if rgb and len(shape) < 3:
-            raise InvalidImageError(f"rgb=True needs (..., H, W, C) data; got shape {shape}.")
-        self._image = image
-        self._is_rgb = bool(rgb)
+        self._src = ImageSlices(image, self.rgb if rgb is None else rgb)
         self._image_id = image_id
-        self._limits = None
         self.predictor.reset_image()
         self._setup_grid()
 
@@ -200,10 +173,15 @@ class Segmenter:
         self._store_bound = False
 
     @property
-    def image(self) -> Any:
-        if self._image is None:
+    def slices(self) -> ImageSlices:
+        """The current image as :class:`~napari_sam.engine.image_slices.ImageSlices`."""
+        if self._src is None:
             raise InvalidImageError("No image is set: call set_image() first.")
-        return self._image
+        return self._src
+
+    @property
+    def image(self) -> Any:
+        return self.slices.array
 
     @property
     def tile_grid(self) -> TileGrid:
@@ -215,89 +193,47 @@ class Segmenter:
     @property
     def spatial_shape(self) -> tuple[int, int]:
         """(H, W) of one 2D slice."""
-        shape = self.image.shape
-        return tuple(shape[-3:-1]) if self._is_rgb else tuple(shape[-2:])
+        return self.slices.spatial_shape
 
     @property
     def leading_shape(self) -> tuple[int, ...]:
         """Shape of the non-spatial (slice) axes, e.g. (Z,) for a z-stack, () for 2D."""
-        shape = self.image.shape
-        return tuple(shape[:-3]) if self._is_rgb else tuple(shape[:-2])
+        return self.slices.leading_shape
 
     @property
     def n_slices(self) -> int:
-        lead = self.leading_shape
-        return int(np.prod(lead)) if lead else 1
+        return self.slices.n_slices
 
-    def _slice_key(self, slice_index: int | Sequence[int] | None) -> tuple[int, ...]:
-        lead = self.leading_shape
-        if slice_index is None:
-            if lead and int(np.prod(lead)) > 1:
-                raise InvalidPromptError(
-                    f"The image has slice axes of shape {lead}; pass slice_index= to say which 2D slice."
-                )
-            return tuple(0 for _ in lead)
-        key = (int(slice_index),) if np.isscalar(slice_index) else tuple(int(i) for i in slice_index)
-        if len(key) != len(lead) or any(not 0 <= k < n for k, n in zip(key, lead)):
-            raise InvalidPromptError(f"slice_index {slice_index} is not valid for slice axes of shape {lead}.")
-        return key
+    def _slice_key(self, slice_index: SliceIndex) -> tuple[int, ...]:
+        return self.slices.key(slice_index)
 
     def _flat(self, key: tuple[int, ...]) -> int:
-        return int(np.ravel_multi_index(key, self.leading_shape)) if key else 0
-
-    def _unflat(self, flat: int) -> tuple[int, ...]:
-        """Inverse of :meth:`_flat`: flat slice number -> slice key."""
-        lead = self.leading_shape
-        return tuple(int(k) for k in np.unravel_index(flat, lead)) if lead else ()
+        return self.slices.flat(key)
 
     def intensity_limits(self) -> tuple[float, float] | None:
         """(low, high) normalisation limits for the whole image (None for uint8)."""
-        if np.dtype(self.image.dtype) == np.uint8:
-            return None
-        if self._limits is None:
-            self._limits = intensity_range(self._sample_for_limits())
-        return self._limits
+        return self.slices.intensity_limits()
 
-    def _sample_for_limits(self, max_slices: int = 8) -> np.ndarray:
-        """Pixels for the intensity limits: up to ``max_slices`` slices; big slices by 16 windows each."""
-        n = self.n_slices
-        picks = np.unique(np.linspace(0, n - 1, min(n, max_slices)).astype(int))
-        h, w = self.spatial_shape
-        if h * w <= FULL_SLICE_SAMPLE_PIXELS:
-            windows = [(slice(None), slice(None))]
-        else:
-            size = 256
-            rows = np.linspace(0, max(0, h - size), 4).astype(int)
-            cols = np.linspace(0, max(0, w - size), 4).astype(int)
-            windows = [(slice(r, r + size), slice(c, c + size)) for r in rows for c in cols]
-        parts = []
-        for i in picks:
-            key = self._unflat(int(i))
-            parts.extend(np.asarray(self.image[key + win]).reshape(-1) for win in windows)
-        return np.concatenate(parts)
-
-    def read_slice(self, slice_index: int | Sequence[int] | None = None) -> np.ndarray:
+    def read_slice(self, slice_index: SliceIndex = None) -> np.ndarray:
         """The 2D slice (H, W) or (H, W, C) as a numpy array."""
-        key = self._slice_key(slice_index)
-        return np.asarray(self.image[key] if key else self.image)
+        return self.slices.read_slice(self._slice_key(slice_index))
 
-    def read_tile(self, slice_index: int | Sequence[int] | None, tile: Tile) -> np.ndarray:
+    def read_tile(self, slice_index: SliceIndex, tile: Tile) -> np.ndarray:
         """The crop of ``tile`` (rows, cols[, C]) of one slice; reads only that region."""
-        key = self._slice_key(slice_index)
-        return np.asarray(self.image[key + tile.outer_slices])
+        return self.slices.read_tile(self._slice_key(slice_index), tile)
 
     # ---- embeddings --------------------------------------------------------------------------
     def _signature(self) -> dict:
         from .fingerprint import image_fingerprint, model_fingerprint
 
-        image_id = self._image_id or image_fingerprint(self.image, spatial_ndim=3 if self._is_rgb else 2)
+        image_id = self._image_id or image_fingerprint(self.image, spatial_ndim=3 if self.slices.is_rgb else 2)
         limits = self.intensity_limits()
         g = self.tile_grid
         return {
             "image": image_id,
             "shape": [int(s) for s in self.image.shape],
             "dtype": np.dtype(self.image.dtype).str,
-            "rgb": self._is_rgb,
+            "rgb": self.slices.is_rgb,
             "model": str(getattr(self.model, "model_type", type(self.model).__name__)),
             "weights": model_fingerprint(self.model),
             "precision": str(self.predictor.precision),
@@ -332,25 +268,25 @@ class Segmenter:
     def _has_tile(self, key: tuple[int, ...], tile: Tile) -> bool:
         return self._bind_store().contains(self._flat(key), self.tile_grid.flat_index(tile.index))
 
-    def has_embedding(self, slice_index: int | Sequence[int] | None = None) -> bool:
+    def has_embedding(self, slice_index: SliceIndex = None) -> bool:
         """Whether every tile of the slice is embedded (in memory or complete in the disk cache)."""
         key = self._slice_key(slice_index)
         return all(self._has_tile(key, t) for t in self.tile_grid)
 
     def _compute_tile(self, key: tuple[int, ...], tile: Tile) -> Embedding:
-        crop = np.asarray(self.image[key + tile.outer_slices])
+        crop = self.slices.read_tile(key, tile)
         self.predictor.set_image(crop, intensity_limits=self.intensity_limits())
         emb = self.predictor.get_embedding()
         return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb)
 
-    def tile_embedding(self, slice_index: int | Sequence[int] | None, tile: Tile) -> Embedding:
+    def tile_embedding(self, slice_index: SliceIndex, tile: Tile) -> Embedding:
         """The embedding of one tile of one slice (from the caches, or computed now)."""
         key = self._slice_key(slice_index)
         emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index))
         return emb if emb is not None else self._compute_tile(key, tile)
 
     def embed(
-        self, slice_index: int | Sequence[int] | None = None
+        self, slice_index: SliceIndex = None
     ) -> Generator[Progress, None, Embedding | TiledEmbedding]:
         """Compute (or fetch) the embedding of one slice; a progress generator (one step per tile).
 
@@ -370,7 +306,7 @@ class Segmenter:
         yield Progress(len(grid), len(grid), "embedded")
         return out[0] if len(grid) == 1 else TiledEmbedding(grid, tuple(out))
 
-    def ensure_embedding(self, slice_index: int | Sequence[int] | None = None) -> Embedding | TiledEmbedding:
+    def ensure_embedding(self, slice_index: SliceIndex = None) -> Embedding | TiledEmbedding:
         """Blocking :meth:`embed`."""
         return run_blocking(self.embed(slice_index))
 
@@ -384,7 +320,7 @@ class Segmenter:
         when a ``cache_dir`` is set). Returns the number of tile embeddings computed.
         """
         if slice_indices is None:
-            keys = [self._unflat(i) for i in range(self.n_slices)]
+            keys = [self.slices.unflat(i) for i in range(self.n_slices)]
         else:
             keys = [self._slice_key(s) for s in slice_indices]
         grid = self.tile_grid
@@ -406,37 +342,13 @@ class Segmenter:
         return computed
 
     # ---- prompts -----------------------------------------------------------------------------
-    def _parse_prompts(self, points, labels, box):
-        """-> (points (N, 2) row/col float64 or None, labels (N,) int64 or None, box (4,) row/col or None)."""
-        h, w = self.spatial_shape
-        pts = lab = bx = None
-        if points is not None:
-            pts = np.asarray(points, dtype=np.float64)
-            if pts.ndim == 1 and pts.shape == (2,):
-                pts = pts[None]
-            if pts.ndim != 2 or pts.shape[-1] != 2:
-                raise InvalidPromptError(f"points must have shape (N, 2) as (row, col); got {pts.shape}.")
-            if labels is None:
-                labels = np.ones(len(pts), dtype=np.int64)
-            xy, lab = check_points(rowcol_to_xy(pts), np.asarray(labels), (h, w))
-            pts = rowcol_to_xy(xy)
-        elif labels is not None:
-            raise InvalidPromptError("labels were given without points.")
-        if box is not None:
-            b = np.asarray(box, dtype=np.float64)
-            if b.shape != (4,):
-                raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
-            xyb = check_box(rowcol_to_xy(b.reshape(2, 2)).reshape(4), (h, w))[0]
-            bx = rowcol_to_xy(xyb.reshape(2, 2)).reshape(4)
-        return pts, lab, bx
-
     def predict(
         self,
         points: Sequence[Sequence[float]] | np.ndarray | None = None,
         labels: Sequence[int] | np.ndarray | None = None,
         box: Sequence[float] | np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
-        slice_index: int | Sequence[int] | None = None,
+        slice_index: SliceIndex = None,
         multimask: bool = True,
         tile: tuple[int, int] | None = None,
     ) -> Prediction:
@@ -453,7 +365,7 @@ class Segmenter:
         """
         key = self._slice_key(slice_index)
         grid = self.tile_grid
-        pts, lab, bx = self._parse_prompts(points, labels, box)
+        pts, lab, bx = check_rowcol_prompts(points, labels, box, self.spatial_shape)
         if pts is None and bx is None and mask_input is None:
             raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
 
@@ -469,7 +381,7 @@ class Segmenter:
         labels=None,
         box=None,
         mask_input: np.ndarray | None = None,
-        slice_index: int | Sequence[int] | None = None,
+        slice_index: SliceIndex = None,
         multimask: bool | None = None,
     ) -> np.ndarray:
         """The best-scored mask, (H, W) bool, for prompts in (row, col) order.
