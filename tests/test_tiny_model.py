@@ -107,3 +107,38 @@ def test_bf16_gives_the_fp32_cells(cells_image, monkeypatch):
         m32, s32, _ = p32.predict(**kw)
         m16, s16, _ = p16.predict(**kw)
         assert _iou(m16[int(np.argmax(s16))], m32[int(np.argmax(s32))]) > 0.95, obj
+
+
+def test_automatic_segmentation_in_bf16_reuses_the_decoder_copy_and_finds_the_fp32_objects(cells_image, monkeypatch):
+    """Automatic segmentation with a bf16 model hands the decoder the predictor's cached bf16
+    channels-last embedding (made once per image, not cast per prompt batch) and finds the same cells."""
+    from napari_sam.engine import device as device_mod
+    from napari_sam.engine.amg import SamAutomaticMaskGenerator
+    from napari_sam.engine.zoo import load_model
+
+    import torch
+
+    monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
+    img, _ = cells_image
+    kw = dict(points_per_side=16, points_per_batch=64, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    fp32 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu", precision="fp32"), **kw)
+    bf16 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu", precision="bf16"), **kw)
+    assert bf16.predictor.decoder_dtype == torch.bfloat16
+
+    seen = []
+    decoder = bf16.predictor.model.mask_decoder
+    attend = decoder.attend
+
+    def recording_attend(image_embedding, *args, **kwargs):
+        seen.append(image_embedding)
+        return attend(image_embedding, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, "attend", recording_attend)
+    lab16 = bf16.generate_labels(img)
+    lab32 = fp32.generate_labels(img)
+    assert len(seen) == 4  # 256 points in batches of 64
+    shared = seen[0]  # one copy made for the image, read by every batch
+    assert all(t is shared for t in seen) and shared.dtype == torch.bfloat16
+    assert shared.is_contiguous(memory_format=torch.channels_last)
+    assert lab32.max() >= 2 and abs(int(lab16.max()) - int(lab32.max())) <= 1
+    assert ((lab16 > 0) == (lab32 > 0)).mean() > 0.99

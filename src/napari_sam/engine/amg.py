@@ -332,10 +332,11 @@ class SamAutomaticMaskGenerator:
         their low-res logits (n, 4h, 4w) float32.
         """
         model = self.predictor.model
-        emb = self.predictor.get_embedding()
+        features = self.predictor.decoder_features()
+        dtype = self.predictor.decoder_dtype  # passed only when reduced: a replaced decoder may not take it
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=coords.device)
         sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
-        image_pe = model.prompt_encoder.get_dense_pe()
+        image_pe = model.prompt_encoder.get_dense_pe(dtype)
         thresh = self.pred_iou_thresh
 
         def passing(iou: torch.Tensor) -> torch.Tensor:
@@ -343,16 +344,15 @@ class SamAutomaticMaskGenerator:
 
         if supports_fast_decoding(model.mask_decoder):
             iou, prompt_idx, low = decode_shared_image(
-                model.mask_decoder, emb.features, image_pe, sparse, dense[:1],
+                model.mask_decoder, features, image_pe, sparse, dense[:1],
                 select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
-                compute_dtype=self.predictor.decoder_dtype,
+                compute_dtype=dtype,
             )
             keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
             flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
             return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
-        dtype = self.predictor.decoder_dtype  # passed only when reduced: a replaced decoder may not take it
         low_res, iou = model.mask_decoder(
-            image_embeddings=emb.features,
+            image_embeddings=features,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,

@@ -213,6 +213,12 @@ class SamPredictor:
             self._decoder_features = cached = (f, version, laid_out)
         return cached[2]
 
+    def decoder_features(self) -> torch.Tensor:
+        """The current embedding as the mask decoder reads it: (1, C, h, w) channels-last, in
+        :attr:`decoder_dtype` (fp32 when that is None); made once per image and shared by every
+        prompt batch (clicks, boxes, automatic segmentation)."""
+        return self._features_for_decoder(self.get_embedding())
+
     # reference-compatible attributes
     @property
     def is_image_set(self) -> bool:
