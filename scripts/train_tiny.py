@@ -3,6 +3,7 @@
     python scripts/train_tiny.py                       # writes src/napari_sam/weights/tiny.pt
     python scripts/train_tiny.py --steps 200 --out /tmp/t.pt --work-dir /tmp/tw
     python scripts/train_tiny.py --resume              # continue a killed run
+    python scripts/train_tiny.py --lr 1.2e-3 --objects 12 --rounds 2 --steps 5600 --out /tmp/v.pt  # a variant
 
 Everything is seeded (images, data order, prompts, initial weights): the same
 arguments on the same torch build give the same weights. Checkpoints and the
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32", action="store_true", help="train without bfloat16 autocast")
     ap.add_argument("--init", default=None, help="start from these weights instead of a random init (stage 2)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    ap.add_argument("--objects", type=int, default=None, help="objects per image and step (default: the recipe's)")
+    ap.add_argument("--rounds", type=int, default=None, help="decoder rounds per object (default: the recipe's)")
     args = ap.parse_args(argv)
 
     import torch
@@ -57,6 +60,10 @@ def main(argv=None) -> int:
     recipe = {**DEFAULTS, "bf16": not args.fp32}
     if args.lr is not None:
         recipe["learning_rate"] = args.lr
+    if args.objects is not None:
+        recipe["objects_per_image"] = args.objects
+    if args.rounds is not None:
+        recipe["n_interactions"] = args.rounds
     cfg = TrainConfig(epochs=1, max_steps=args.steps, seed=args.seed, **recipe)
     data = SyntheticPairs(length=cfg.images_per_step * args.steps, seed=args.seed, shape=(256, 256))
     model = build_sam("tiny", checkpoint=args.init)  # random init (seeded above) unless --init
