@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidPromptError
 
+ROLE_KEY = "napari_sam_role"  # layer.metadata key naming a layer napari-sam made: points, boxes, preview, target
+
 
 def unwrap(obj: Any) -> Any:
     """The real object behind napari's ``PublicOnlyProxy`` (given to plugin widgets), else ``obj``.

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import labels_io, layer_data
 
-ROLE = "napari_sam_role"
+ROLE = layer_data.ROLE_KEY
 
 
 def _keep_prompts_active(viewer: Any, points_layer: Any) -> None:

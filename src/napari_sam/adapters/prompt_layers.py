@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .layer_data import layer_to_layer
+from .layer_data import ROLE_KEY, layer_to_layer
 
 POSITIVE = "positive"
 POINT_COLORS = {True: "#00e060", False: "#ff2080"}
@@ -67,7 +67,7 @@ def make_points_layer(image_layer: Any) -> Any:
         size=max(4.0, 0.025 * max(image_layer.extent.data[1][-2:] - image_layer.extent.data[0][-2:])),
         **_transform_kwargs(image_layer),
     )
-    layer.metadata["napari_sam_role"] = "points"
+    layer.metadata[ROLE_KEY] = "points"
     return layer
 
 
@@ -83,7 +83,7 @@ def make_boxes_layer(image_layer: Any) -> Any:
         edge_width=max(1.0, 0.004 * max(image_layer.extent.data[1][-2:] - image_layer.extent.data[0][-2:])),
         **_transform_kwargs(image_layer),
     )
-    layer.metadata["napari_sam_role"] = "boxes"
+    layer.metadata[ROLE_KEY] = "boxes"
     return layer
 
 

@@ -18,7 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 
 from ..adapters import get_controller
 from ..adapters.keys import KEYS
-from ..adapters.layer_data import unwrap
+from ..adapters.layer_data import ROLE_KEY, unwrap
 from ..errors import NapariSamError
 from .workers import Job, start_function_job, start_generator_job
 
@@ -157,7 +157,7 @@ class SamWidget(Container):
 
         out = [(NEW_LAYER, None)]
         for layer in self._viewer.layers:
-            if isinstance(layer, Labels) and layer.metadata.get("napari_sam_role") != "preview":
+            if isinstance(layer, Labels) and layer.metadata.get(ROLE_KEY) != "preview":
                 out.append((layer.name, layer))
         return out
 
