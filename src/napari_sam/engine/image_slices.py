@@ -77,7 +77,7 @@ class ImageSlices:
         """The checked index tuple of one slice; ``None`` is allowed only when there is one slice."""
         lead = self.leading_shape
         if slice_index is None:
-            if lead and int(np.prod(lead)) > 1:
+            if self.n_slices > 1:
                 raise InvalidPromptError(
                     f"The image has slice axes of shape {lead}; pass slice_index= to say which 2D slice."
                 )

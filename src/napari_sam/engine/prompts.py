@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidPromptError
+from ..model.transforms import rowcol_to_xy
 
 
 def _finite(arr: np.ndarray, what: str) -> None:
@@ -105,8 +106,6 @@ def check_rowcol_prompts(points, labels, box, image_hw: tuple[int, int]):
     Returns (points (N, 2) row/col float64 or None, labels (N,) int64 or None,
     box (4,) row0, col0, row1, col1 or None); labels default to all positive.
     """
-    from ..model.transforms import rowcol_to_xy
-
     pts = lab = bx = None
     if points is not None:
         pts = np.asarray(points, dtype=np.float64)
