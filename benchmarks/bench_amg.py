@@ -71,7 +71,7 @@ def main() -> None:
 
     import segment_anything as sa
 
-    from napari_sam.engine.amg import SamAutomaticMaskGenerator
+    from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
     from napari_sam.model import build_sam
 
     torch.manual_seed(0)

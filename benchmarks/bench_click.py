@@ -38,7 +38,7 @@ def _perturbed(model, seed=0, scale=0.02):
 
 
 def _model(name):
-    from napari_sam.engine import zoo
+    from napari_sam.engine.models import zoo
     from napari_sam.model import build_sam
 
     if name == "tiny" and zoo.REGISTRY.get("tiny") is not None and zoo.REGISTRY["tiny"].available:

@@ -153,7 +153,7 @@ def _timed(fn):
 def make_predictors(ref, ours, precision: str):
     import segment_anything
 
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     return segment_anything.SamPredictor(ref), SamPredictor(ours, precision=precision)
 
@@ -197,7 +197,7 @@ def run_child(args) -> None:
     model.eval()
     del sd
     gc.collect()
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     if impl == "ref":  # the reference's package (and torchvision, ~170 MB) only in its own child
         import segment_anything
@@ -247,7 +247,7 @@ def mask_agreement(p_a, p_b) -> dict:
 
 def leak_check(ours, n: int) -> dict:
     """RSS (MiB) after each tenth of ``n`` successive images through set_image + predict."""
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     p = SamPredictor(ours, precision="fp32")
     rng = np.random.default_rng(0)
@@ -266,7 +266,7 @@ def compile_check(ours, image, repeats: int) -> dict:
     """First-call (compile) time and steady-state time of SamPredictor(compile=True) vs eager."""
     import warnings
 
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     eager = SamPredictor(ours, precision="fp32")
     with warnings.catch_warnings(record=True) as caught:
@@ -330,7 +330,7 @@ def main() -> None:
     H, W = image.shape[:2]
 
     keep = {}
-    from napari_sam.engine.device import resolve_precision
+    from napari_sam.engine.models.device import resolve_precision
 
     reduced = resolve_precision(args.precision, torch.device("cpu"))
     res["reduced_precision_used"] = reduced

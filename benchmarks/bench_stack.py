@@ -49,7 +49,7 @@ def _stack(n: int, size: int) -> np.ndarray:
 
 
 def _model(tmp: Path) -> str:
-    from napari_sam.engine.zoo import REGISTRY
+    from napari_sam.engine.models.zoo import REGISTRY
 
     if REGISTRY["tiny"].available:
         return "tiny"
@@ -66,7 +66,7 @@ def _model(tmp: Path) -> str:
 
 
 def _time(stack, out, model, pps, client=None) -> tuple[float, int]:
-    from napari_sam.engine.batch import segment_stack_blocking
+    from napari_sam.engine.batch.run import segment_stack_blocking
 
     t0 = time.perf_counter()
     r = segment_stack_blocking(stack, out, model=model, device="cpu", points_per_side=pps, pred_iou_thresh=0.0,

@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _load(model_arg: str | None):
-    from napari_sam.engine import zoo
+    from napari_sam.engine.models import zoo
     from napari_sam.errors import NapariSamError
 
     try:

@@ -1,4 +1,4 @@
-"""glibc allocator tuning (engine/allocator.py): applied once, on glibc only, and can be switched off.
+"""glibc allocator tuning (engine/prediction/allocator.py): applied once, on glibc only, and can be switched off.
 
 Its effect on speed (page faults per click) is measured in benchmarks/bench_engine.py, not here:
 glibc's dynamic mmap threshold makes fault counts depend on the process's allocation history.
@@ -18,7 +18,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 _PROBE = r"""
 import json
-from napari_sam.engine.allocator import tune_allocator
+from napari_sam.engine.prediction.allocator import tune_allocator
 print(json.dumps({"applied": tune_allocator(), "again": tune_allocator()}))
 """
 
@@ -52,7 +52,7 @@ class _FakeLibc:
 
 @pytest.fixture()
 def fresh(monkeypatch):
-    from napari_sam.engine import allocator
+    from napari_sam.engine.prediction import allocator
 
     monkeypatch.setattr(allocator, "_state", {})
     monkeypatch.delenv("LD_PRELOAD", raising=False)
@@ -94,9 +94,9 @@ def test_skipped_outside_glibc(fresh, monkeypatch):
 
 
 def test_predictor_on_cpu_tunes_the_allocator(monkeypatch, tiny_model):
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     calls = []
-    monkeypatch.setattr("napari_sam.engine.predictor.tune_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr("napari_sam.engine.prediction.predictor.tune_allocator", lambda: calls.append(1) or True)
     SamPredictor(tiny_model)
     assert calls == [1]

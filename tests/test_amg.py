@@ -25,11 +25,11 @@ from conftest import perturbed_state_dict
 
 segment_anything = pytest.importorskip("segment_anything")
 
-from napari_sam.engine.amg import SamAutomaticMaskGenerator  # noqa: E402
-from napari_sam.engine.amg_grid import build_all_layer_point_grids, generate_crop_boxes  # noqa: E402
-from napari_sam.engine.label_image import clean_local_mask, remove_small_regions  # noqa: E402
-from napari_sam.engine.mask_data import batched_mask_to_box, mask_to_rle, rle_to_mask  # noqa: E402
-from napari_sam.engine.normalize import to_uint8_rgb  # noqa: E402
+from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator  # noqa: E402
+from napari_sam.engine.automatic.amg_grid import build_all_layer_point_grids, generate_crop_boxes  # noqa: E402
+from napari_sam.engine.automatic.label_image import clean_local_mask, remove_small_regions  # noqa: E402
+from napari_sam.engine.automatic.mask_data import batched_mask_to_box, mask_to_rle, rle_to_mask  # noqa: E402
+from napari_sam.engine.images.normalize import to_uint8_rgb  # noqa: E402
 from napari_sam.errors import InvalidImageError, InvalidParameterError  # noqa: E402
 from test_parity_reference import _ref_tiny  # noqa: E402
 
@@ -337,7 +337,7 @@ def test_bad_input(real_pair):
 
 # ---- shared-image decoding -------------------------------------------------------------------
 def test_shared_image_decoding_matches_mask_decoder(real_pair):
-    from napari_sam.engine.amg_decoder import decode_shared_image, supports_fast_decoding
+    from napari_sam.engine.automatic.amg_decoder import decode_shared_image, supports_fast_decoding
 
     _, ours = real_pair
     assert supports_fast_decoding(ours.mask_decoder)
@@ -372,7 +372,7 @@ def test_generate_labels_tiled(fake_pair):
     ids = ids[ids > 0]
     assert len(ids) > 3 and np.array_equal(ids, np.arange(1, len(ids) + 1))
     # no object is taken twice: more tiles than one, yet not more objects than the tiles found in total
-    from napari_sam.engine.tiling import TileGrid
+    from napari_sam.engine.prediction.tiling import TileGrid
 
     grid = TileGrid(img.shape[:2], (100, 120), 20)
     assert len(grid) > 1

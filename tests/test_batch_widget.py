@@ -17,7 +17,7 @@ def test_batch_widget_runs_a_stack_into_a_zarr_backed_labels_layer(make_napari_v
     monkeypatch.delenv("NAPARI_SAM_SYNC", raising=False)  # the real napari worker thread
     import zarr
 
-    from napari_sam.engine.slice_segmenter import otsu_labels
+    from napari_sam.engine.automatic.slice_segmenter import otsu_labels
     from napari_sam.widgets.batch_widget import BatchWidget
 
     viewer = make_napari_viewer()
@@ -44,7 +44,7 @@ def test_batch_widget_runs_a_stack_into_a_zarr_backed_labels_layer(make_napari_v
 
 def test_batch_widget_2d_image_and_no_image(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
-    from napari_sam.engine.slice_segmenter import otsu_labels
+    from napari_sam.engine.automatic.slice_segmenter import otsu_labels
     from napari_sam.widgets.batch_widget import BatchWidget
 
     viewer = make_napari_viewer()

@@ -8,9 +8,9 @@ import tifffile
 import zarr
 
 from napari_sam.cli import main
-from napari_sam.engine import slice_segmenter
-from napari_sam.engine.batch import open_labels
-from napari_sam.engine.slice_segmenter import otsu_labels
+from napari_sam.engine.automatic import slice_segmenter
+from napari_sam.engine.batch.run import open_labels
+from napari_sam.engine.automatic.slice_segmenter import otsu_labels
 from reference_models import two_disc_stack  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypat
     img, _ = _stack(4)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
-    from napari_sam.engine import batch
+    from napari_sam.engine.batch import run as batch
 
     real = batch.write_slice
 
@@ -106,7 +106,7 @@ def test_bad_arguments(tmp_path, otsu_model, capsys):
 
 
 def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeypatch):
-    from napari_sam.engine import batch
+    from napari_sam.engine.batch import run as batch
     from napari_sam.errors import BatchWriteError
 
     img, _ = _stack(3)
@@ -123,7 +123,7 @@ def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeyp
 
 
 def test_real_tiny_model(tmp_path, tiny_checkpoint, capsys):
-    pytest.importorskip("napari_sam.engine.amg")
+    pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _stack(2)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
     rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"), "--model", tiny_checkpoint,

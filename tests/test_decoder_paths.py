@@ -67,7 +67,7 @@ def test_row_blocked_upscaling_equals_one_block(tiny_model, monkeypatch, n, shar
 def test_decoder_layout_of_the_embedding_is_made_once_per_tensor(tiny_model):
     import numpy as np
 
-    from napari_sam.engine.predictor import Embedding, SamPredictor
+    from napari_sam.engine.prediction.predictor import Embedding, SamPredictor
 
     p = SamPredictor(tiny_model)
     feats = torch.randn(1, 128, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -91,7 +91,7 @@ def test_decoder_layout_of_an_encoded_image_is_reused(tiny_model):
     """set_image produces an inference tensor (no version counter): cached by identity."""
     import numpy as np
 
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     p = SamPredictor(tiny_model)
     p.set_image(np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8))
@@ -143,8 +143,8 @@ def test_predictor_bf16_uses_the_reduced_decoder(tiny_model, monkeypatch):
     """precision='bf16' reaches the decoder (decoder_dtype) and its masks agree with fp32's."""
     import numpy as np
 
-    from napari_sam.engine import device as device_mod
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.models import device as device_mod
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
     p32, p16 = SamPredictor(tiny_model, precision="fp32"), SamPredictor(tiny_model, precision="bf16")
@@ -189,8 +189,8 @@ def test_dense_pe_is_cast_once_per_dtype_and_follows_the_buffer(tiny_checkpoint)
 def test_reduced_precision_predictor_keeps_its_decoder_copy_of_the_embedding_in_bf16(tiny_model, monkeypatch):
     import numpy as np
 
-    from napari_sam.engine import device as device_mod
-    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.engine.models import device as device_mod
+    from napari_sam.engine.prediction.predictor import SamPredictor
 
     monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
     p = SamPredictor(tiny_model, precision="bf16")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_sam.engine.device import available_devices, resolve_device, resolve_precision
+from napari_sam.engine.models.device import available_devices, resolve_device, resolve_precision
 from napari_sam.errors import DeviceError
 
 
@@ -28,7 +28,7 @@ def test_unavailable_or_unknown_device():
 
 
 def test_precision_fallbacks(monkeypatch):
-    import napari_sam.engine.device as device
+    import napari_sam.engine.models.device as device
 
     monkeypatch.setattr(device, "_cpu_has_fast_bf16", lambda: True)
     cpu = torch.device("cpu")
@@ -44,7 +44,7 @@ def test_precision_fallbacks(monkeypatch):
 
 
 def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch):
-    import napari_sam.engine.device as device
+    import napari_sam.engine.models.device as device
 
     monkeypatch.setattr(device, "_cpu_has_fast_bf16", lambda: False)
     with pytest.warns(UserWarning, match="fp32"):

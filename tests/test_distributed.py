@@ -9,9 +9,9 @@ import zarr
 
 distributed = pytest.importorskip("distributed")
 
-from napari_sam.engine import slice_segmenter  # noqa: E402
-from napari_sam.engine.batch import open_labels, segment_stack, segment_stack_blocking, write_slice  # noqa: E402
-from napari_sam.engine.slice_segmenter import SliceSegmenterSpec, build_cached, otsu_labels  # noqa: E402
+from napari_sam.engine.automatic import slice_segmenter  # noqa: E402
+from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking, write_slice  # noqa: E402
+from napari_sam.engine.automatic.slice_segmenter import SliceSegmenterSpec, build_cached, otsu_labels  # noqa: E402
 from reference_models import two_disc_stack  # noqa: E402
 
 
@@ -106,10 +106,10 @@ def test_spec_built_once_per_process(monkeypatch):
 @pytest.mark.slow
 def test_workers_load_the_tiny_model_once(tmp_path, client, tiny_checkpoint):
     """Real SAM on the workers: each worker process loads the model at most once for all its slices."""
-    pytest.importorskip("napari_sam.engine.amg")
+    pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _stack(4, shape=(32, 32))
     r = segment_stack_blocking(img, tmp_path / "t.zarr", model=tiny_checkpoint, device="cpu", points_per_side=4,
                                client=client)
     assert open_labels(r.path).shape == (4, 32, 32)
-    counts = client.run(lambda: len(__import__("napari_sam.engine.slice_segmenter").engine.slice_segmenter._CACHE))
+    counts = client.run(lambda: len(__import__("napari_sam.engine.automatic.slice_segmenter").engine.slice_segmenter._CACHE))
     assert sum(counts.values()) <= 2 and all(v <= 1 for v in counts.values())

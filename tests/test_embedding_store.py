@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from napari_sam import Segmenter
-from napari_sam.engine.embedding_store import CacheWarning, EmbeddingStore
+from napari_sam.engine.store.embedding_store import CacheWarning, EmbeddingStore
 from napari_sam.engine.progress import run_blocking
-from napari_sam.engine.segmenter import TiledEmbedding
-from napari_sam.engine.predictor import Embedding
+from napari_sam.engine.prediction.segmenter import TiledEmbedding
+from napari_sam.engine.prediction.predictor import Embedding
 from napari_sam.errors import CacheError
 
 

@@ -15,7 +15,7 @@ GUI_MODULES = ("qtpy", "PyQt5", "PySide2", "PyQt6", "PySide6", "napari", "magicg
     "modules",
     [
         ("napari_sam", "napari_sam.model", "napari_sam.engine"),
-        ("napari_sam.engine.segmenter", "napari_sam.engine.zoo", "napari_sam.samples"),
+        ("napari_sam.engine.prediction.segmenter", "napari_sam.engine.models.zoo", "napari_sam.samples"),
     ],
 )
 def test_library_imports_no_gui(modules):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_sam.engine.image_slices import FULL_SLICE_SAMPLE_PIXELS, ImageSlices, level0
-from napari_sam.engine.tiling import TileGrid
+from napari_sam.engine.images.image_slices import FULL_SLICE_SAMPLE_PIXELS, ImageSlices, level0
+from napari_sam.engine.prediction.tiling import TileGrid
 from napari_sam.errors import InvalidImageError, InvalidPromptError
 
 

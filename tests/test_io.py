@@ -8,8 +8,8 @@ import tifffile
 import zarr
 
 from napari_sam import Segmenter
-from napari_sam.engine.fingerprint import image_fingerprint
-from napari_sam.engine.io import open_image
+from napari_sam.engine.store.fingerprint import image_fingerprint
+from napari_sam.engine.images.io import open_image
 from napari_sam.errors import InvalidImageError
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.prediction.predictor import SamPredictor
 from napari_sam.model import image_encoder as ie
 from napari_sam.model.mask_decoder import upscale_masks
 

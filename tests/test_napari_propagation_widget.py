@@ -28,7 +28,7 @@ def _truth():
 
 def _oracle(truth, calls=None, on_call=None):
     """A SlicePredictFn returning the true object under the prompt's first point (score 0.9)."""
-    from napari_sam.engine.propagation import SlicePrediction
+    from napari_sam.engine.volumes.propagation import SlicePrediction
 
     def predict(z, prompt):
         if calls is not None:

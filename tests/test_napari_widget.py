@@ -282,7 +282,7 @@ def test_edit_label_recommits_under_same_id(cells_viewer):
 
 def test_mask_to_logits_roundtrip(gui_model):
     from napari_sam.adapters.mask_prompt import mask_to_logits
-    from napari_sam.engine.segmenter import Segmenter
+    from napari_sam.engine.prediction.segmenter import Segmenter
 
     mask = np.zeros((100, 150), bool)
     mask[20:60, 30:90] = True

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_sam.engine.normalize import intensity_range, to_uint8_rgb
+from napari_sam.engine.images.normalize import intensity_range, to_uint8_rgb
 from napari_sam.errors import InvalidImageError
 
 

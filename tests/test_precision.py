@@ -1,4 +1,4 @@
-"""Reduced precision and optional torch.compile of the image encoder (engine/device.py, SamPredictor).
+"""Reduced precision and optional torch.compile of the image encoder (engine/models/device.py, SamPredictor).
 
 Speed is measured in benchmarks/bench_engine.py, never here.
 """
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine import device as device_mod
-from napari_sam.engine import predictor as predictor_mod
-from napari_sam.engine.device import compile_requested, resolve_precision
-from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.models import device as device_mod
+from napari_sam.engine.prediction import predictor as predictor_mod
+from napari_sam.engine.models.device import compile_requested, resolve_precision
+from napari_sam.engine.prediction.predictor import SamPredictor
 from napari_sam.errors import DeviceError
 from napari_sam.model import build_sam
 
@@ -164,7 +164,7 @@ def test_dynamo_not_imported_unless_compiling():
     code = (
         "import sys, numpy as np\n"
         "from napari_sam.model import build_sam\n"
-        "from napari_sam.engine.predictor import SamPredictor\n"
+        "from napari_sam.engine.prediction.predictor import SamPredictor\n"
         "p = SamPredictor(build_sam('tiny'), precision='fp32')\n"
         "p.set_image(np.zeros((64, 64, 3), np.uint8))\n"
         "print('torch._dynamo' in sys.modules)\n"

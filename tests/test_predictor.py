@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_sam import SamPredictor
-from napari_sam.engine.normalize import to_uint8_rgb
+from napari_sam.engine.images.normalize import to_uint8_rgb
 from napari_sam.errors import ImageNotSetError, InvalidImageError, InvalidPromptError
 
 

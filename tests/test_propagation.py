@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.engine.propagation import (
+from napari_sam.engine.volumes.propagation import (
     PropagationStep,
     Seed,
     SlicePrediction,
@@ -217,7 +217,7 @@ def test_single_slice_stack_returns_the_seed():
 
 
 def test_smoke_through_real_segmenter(tiny_model):
-    from napari_sam.engine.segmenter import Segmenter
+    from napari_sam.engine.prediction.segmenter import Segmenter
 
     truth = ellipsoid_volume(shape=(5, 40, 40), centre=(2, 20, 20), radii=(3, 10, 10))
     stack = (truth * 2000 + 100).astype(np.uint16)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_sam import SamPredictor, Segmenter
-from napari_sam.engine.tiling import TileGrid, check_tiling
+from napari_sam.engine.prediction.tiling import TileGrid, check_tiling
 from napari_sam.errors import InvalidImageError, InvalidPromptError
 
 

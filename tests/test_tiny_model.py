@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="bundled weights s
 
 @pytest.fixture(scope="module")
 def predictor():
-    from napari_sam.engine.predictor import SamPredictor
-    from napari_sam.engine.zoo import load_model
+    from napari_sam.engine.prediction.predictor import SamPredictor
+    from napari_sam.engine.models.zoo import load_model
 
     return SamPredictor(load_model("tiny", device="cpu"))
 
@@ -89,9 +89,9 @@ def test_negative_click_removes_touching_neighbour(predictor):
 def test_bf16_gives_the_fp32_cells(cells_image, monkeypatch):
     """With trained weights, reduced precision (encoder and decoder in bf16) picks the same cells:
     each click's mask agrees with the fp32 one (random-weight agreement is in test_decoder_paths)."""
-    from napari_sam.engine import device as device_mod
-    from napari_sam.engine.predictor import SamPredictor
-    from napari_sam.engine.zoo import load_model
+    from napari_sam.engine.models import device as device_mod
+    from napari_sam.engine.prediction.predictor import SamPredictor
+    from napari_sam.engine.models.zoo import load_model
     from napari_sam.training.evaluate import centre_point
 
     monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
@@ -112,9 +112,9 @@ def test_bf16_gives_the_fp32_cells(cells_image, monkeypatch):
 def test_automatic_segmentation_in_bf16_reuses_the_decoder_copy_and_finds_the_fp32_objects(cells_image, monkeypatch):
     """Automatic segmentation with a bf16 model hands the decoder the predictor's cached bf16
     channels-last embedding (made once per image, not cast per prompt batch) and finds the same cells."""
-    from napari_sam.engine import device as device_mod
-    from napari_sam.engine.amg import SamAutomaticMaskGenerator
-    from napari_sam.engine.zoo import load_model
+    from napari_sam.engine.models import device as device_mod
+    from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
+    from napari_sam.engine.models.zoo import load_model
 
     import torch
 

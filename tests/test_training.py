@@ -284,7 +284,7 @@ def test_cli_train(tmp_path, tiny_checkpoint):
 def test_bf16_without_native_support_trains_in_fp32(tmp_path, monkeypatch):
     """bf16 autocast on a CPU without AVX512-BF16/AMX would be emulated (about 10x slower):
     training warns, runs in fp32 (no autocast at all) and records fp32 in its state."""
-    import napari_sam.engine.device as dev
+    import napari_sam.engine.models.device as dev
 
     monkeypatch.setattr(dev, "_cpu_has_fast_bf16", lambda: False)
     seen = []
@@ -304,7 +304,7 @@ def test_bf16_without_native_support_trains_in_fp32(tmp_path, monkeypatch):
 
 
 def test_bf16_with_native_support_is_kept(monkeypatch):
-    import napari_sam.engine.device as dev
+    import napari_sam.engine.models.device as dev
     from napari_sam.training.trainer import _bf16_fallback
 
     monkeypatch.setattr(dev, "_cpu_has_fast_bf16", lambda: True)

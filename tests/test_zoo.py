@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sam.engine import weights_cache, zoo
+from napari_sam.engine.models import weights_cache
+from napari_sam.engine.models import zoo
 from napari_sam.errors import CheckpointError, DownloadError, UnknownModelError
 
 

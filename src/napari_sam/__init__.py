@@ -20,11 +20,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_sam": "napari_sam.model.build",
     "sam_model_registry": "napari_sam.model.build",
-    "SamPredictor": "napari_sam.engine.predictor",
-    "load_model": "napari_sam.engine.zoo",
-    "list_models": "napari_sam.engine.zoo",
-    "Segmenter": "napari_sam.engine.segmenter",
-    "SamAutomaticMaskGenerator": "napari_sam.engine.amg",
+    "SamPredictor": "napari_sam.engine.prediction.predictor",
+    "load_model": "napari_sam.engine.models.zoo",
+    "list_models": "napari_sam.engine.models.zoo",
+    "Segmenter": "napari_sam.engine.prediction.segmenter",
+    "SamAutomaticMaskGenerator": "napari_sam.engine.automatic.amg",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,6 +1,6 @@
 """``SamController``: click-to-segment state of one napari viewer (Qt-free).
 
-It holds the :class:`~napari_sam.engine.segmenter.Segmenter`, the current image
+It holds the :class:`~napari_sam.engine.prediction.segmenter.Segmenter`, the current image
 layer, the prompt layers (Points clicks, Shapes boxes), the preview and target
 Labels layers, the chosen candidate and the undo/redo stacks. The dock widget
 drives it; so can the console::
@@ -135,7 +135,7 @@ class SamController:
     # ---- model -----------------------------------------------------------------------------------
     def set_model(self, model: Any, name: str | None = None, precision: str | None = None) -> None:
         """Use ``model`` (a built ``Sam``, a zoo name or a checkpoint path; names load inline, blocking)."""
-        from ..engine.segmenter import Segmenter
+        from ..engine.prediction.segmenter import Segmenter
 
         with self._lock:
             self.segmenter = Segmenter(model=model, precision=precision)

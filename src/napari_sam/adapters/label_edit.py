@@ -62,7 +62,7 @@ def pick_up(segmenter: Any, target: Any, image_layer: Any, key: tuple[int, ...],
 
 
 def predict_prompts(segmenter: Any, prompts: Any, key: tuple[int, ...], edit: LabelEdit | None) -> Any:
-    """The segmenter's :class:`~napari_sam.engine.tiled_prediction.Prediction` for one slice's prompts.
+    """The segmenter's :class:`~napari_sam.engine.prediction.tiled_prediction.Prediction` for one slice's prompts.
 
     ``prompts`` is a :class:`~napari_sam.adapters.prompt_layers.SlicePrompts`. While ``edit``
     corrects a committed object, its mask prompt (and tile) goes with the clicks and a single

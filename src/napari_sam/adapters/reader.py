@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..engine.io import is_tiff, open_image
+from ..engine.images.io import is_tiff, open_image
 from ..errors import InvalidImageError
 
 

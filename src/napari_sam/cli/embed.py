@@ -36,12 +36,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def open_input(path: str):
-    """A lazy array for ``path``: TIFF/zarr via :mod:`napari_sam.engine.io`, .npy memory-mapped."""
+    """A lazy array for ``path``: TIFF/zarr via :mod:`napari_sam.engine.images.io`, .npy memory-mapped."""
     from pathlib import Path
 
     import numpy as np
 
-    from ..engine.io import open_image
+    from ..engine.images.io import open_image
     from ..errors import InvalidImageError
 
     p = Path(path).expanduser()
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..engine.progress import run_blocking
-    from ..engine.segmenter import Segmenter
+    from ..engine.prediction.segmenter import Segmenter
 
     data = open_input(args.input)
     seg = Segmenter(

@@ -13,7 +13,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import weights_cache, zoo
+    from ..engine.models import weights_cache
+    from ..engine.models import zoo
 
     if args.fetch:
         path = zoo.weights_path(args.fetch, progressbar=True)

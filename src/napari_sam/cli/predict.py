@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import tifffile
 
-    from ..engine.atomic import atomic_write
-    from ..engine.segmenter import Segmenter
+    from ..engine.store.atomic import atomic_write
+    from ..engine.prediction.segmenter import Segmenter
     from ..errors import InvalidPromptError
 
     out = Path(args.out)

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     import tifffile
 
-    from ..engine.atomic import atomic_write
+    from ..engine.store.atomic import atomic_write
     from ..errors import InvalidPromptError
     from ..samples import synthetic_cells, synthetic_stack
 

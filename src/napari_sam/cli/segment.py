@@ -3,7 +3,7 @@
 Every slice is segmented (SAM automatic mask generation), written as soon as it
 is done, and the 2D instances are linked across z into 3D labels. An
 interrupted run resumes when started again with the same arguments (see
-:mod:`napari_sam.engine.batch`). A 2D image is treated as a stack of one slice.
+:mod:`napari_sam.engine.batch.run`). A 2D image is treated as a stack of one slice.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..engine.batch import segment_stack
+    from ..engine.batch.run import segment_stack
     from ..engine.progress import run_blocking
     from ..errors import BatchWriteError, InvalidPromptError
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
     client = None
     if args.scheduler:
-        from ..engine.distributed import connect
+        from ..engine.batch.distributed import connect
 
         client = connect(args.scheduler)
     try:

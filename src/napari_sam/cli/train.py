@@ -43,9 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..engine.device import resolve_device
+    from ..engine.models.device import resolve_device
     from ..engine.progress import run_blocking
-    from ..engine.zoo import load_model
+    from ..engine.models.zoo import load_model
     from ..training.datasets import pairs_from_folders
     from ..training.trainer import TrainConfig, check_output, fine_tune
 

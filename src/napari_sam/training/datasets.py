@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidImageError, TrainingError
-from ..engine.normalize import to_uint8_rgb
+from ..engine.images.normalize import to_uint8_rgb
 from ..model.transforms import ResizeLongestSide, get_preprocess_shape
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -26,7 +26,7 @@ def check_pair(image, labels, name: str = "pair") -> tuple[np.ndarray, np.ndarra
     """Validate one pair; return (image, labels) as arrays. Raises :class:`TrainingError`."""
     image, labels = np.asarray(image), np.asarray(labels)
     try:
-        from ..engine.normalize import check_image
+        from ..engine.images.normalize import check_image
 
         check_image(image)
     except InvalidImageError as e:

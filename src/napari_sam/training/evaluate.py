@@ -1,6 +1,6 @@
 """How well a model segments objects from one prompt: mean IoU of a centre click and of a tight box.
 
-Uses :class:`napari_sam.engine.predictor.SamPredictor` exactly as the plugin
+Uses :class:`napari_sam.engine.prediction.predictor.SamPredictor` exactly as the plugin
 does, so the numbers describe what a user gets.
 """
 
@@ -62,7 +62,7 @@ def evaluate_prompts(model, pairs, max_objects_per_image: int | None = None, min
 
     Objects smaller than ``min_pixels`` are skipped (a click cannot be placed meaningfully).
     """
-    from ..engine.predictor import SamPredictor
+    from ..engine.prediction.predictor import SamPredictor
     from ..model.transforms import rowcol_to_xy
 
     predictor = SamPredictor(model)

@@ -128,7 +128,7 @@ def _bf16_fallback(device: torch.device) -> bool:
     model took 26 s instead of 2.4 s in fp32 on an AVX2-only CPU. fp16 autocast (what a
     GPU without bf16 offers) would need loss scaling, so fp32 is used there too.
     """
-    from ..engine.device import resolve_precision
+    from ..engine.models.device import resolve_precision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

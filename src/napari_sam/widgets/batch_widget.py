@@ -1,6 +1,6 @@
 """Dock widget for batch runs: segment every slice of an image layer into 3D labels.
 
-Runs :func:`napari_sam.engine.batch.segment_stack` in a napari worker (progress
+Runs :func:`napari_sam.engine.batch.run.segment_stack` in a napari worker (progress
 bar in the activity dock, cancel between slices), writes slice by slice into a
 zarr output (resumable: running the same job again on the same output picks
 up where it stopped), and adds the result as a Labels layer backed by the
@@ -69,12 +69,12 @@ class BatchWidget(Container):
             self._image.value = self._image.choices[-1]
 
     def _model_choices(self, _widget=None) -> list[str]:
-        from ..engine.zoo import list_models
+        from ..engine.models.zoo import list_models
 
         return [e.name for e in list_models()] + [FROM_FILE]
 
     def _select_default_model(self) -> None:
-        from ..engine.zoo import default_model_name
+        from ..engine.models.zoo import default_model_name
 
         try:
             name = default_model_name()
@@ -106,7 +106,7 @@ class BatchWidget(Container):
 
     def run(self, _=None) -> Job | None:
         """Start the batch job on the chosen image; returns the job (None when nothing could start)."""
-        from ..engine.batch import segment_stack
+        from ..engine.batch.run import segment_stack
 
         if self.running:
             return self._job
@@ -147,7 +147,7 @@ class BatchWidget(Container):
     def _show(self, result, layer) -> None:
         if result is None:
             return
-        from ..engine.batch import open_labels
+        from ..engine.batch.run import open_labels
 
         self.last_result = result
         labels = open_labels(result.path)

@@ -29,7 +29,7 @@ NEW_LAYER = "new layer"
 
 def _default_model() -> str | None:
     """The zoo's default model name, or None when there is none to load without asking (no bundled model)."""
-    from ..engine.zoo import default_model_name
+    from ..engine.models.zoo import default_model_name
     from ..errors import UnknownModelError
 
     try:
@@ -163,13 +163,13 @@ class SamWidget(Container):
 
     @staticmethod
     def _model_choices(_w=None):
-        from ..engine.zoo import list_models
+        from ..engine.models.zoo import list_models
 
         return [e.name for e in list_models()] + [FROM_FILE]
 
     @staticmethod
     def _device_choices(_w=None):
-        from ..engine.device import available_devices
+        from ..engine.models.device import available_devices
 
         return available_devices()
 
@@ -280,7 +280,7 @@ class SamWidget(Container):
         self._status.value = f"loading model {label}..."
 
         def load():
-            from ..engine.zoo import load_model
+            from ..engine.models.zoo import load_model
 
             return load_model(source, device=device, precision=precision)
 

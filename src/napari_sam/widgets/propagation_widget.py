@@ -1,14 +1,14 @@
 """Dock widget "Propagate in 3D": carry objects through z, and segment the displayed slice automatically.
 
-Runs :func:`napari_sam.engine.propagation.propagate` (seeds: the Labels layer's objects on the
-displayed slice) and :class:`~napari_sam.engine.amg.SamAutomaticMaskGenerator` (the displayed slice)
+Runs :func:`napari_sam.engine.volumes.propagation.propagate` (seeds: the Labels layer's objects on the
+displayed slice) and :class:`~napari_sam.engine.automatic.amg.SamAutomaticMaskGenerator` (the displayed slice)
 in napari workers (:mod:`napari_sam.widgets.workers`), on a copy of the target's (Z, H, W) data.
 When a run ends (or is cancelled: slices done so far are kept) the changed voxels are written on
 the GUI thread with ``Labels.data_setitem`` inside ``Labels.block_history()``: one Ctrl+Z undoes
 the run. Only the run's ids (and background) change; voxels edited by the user meanwhile are kept.
 
 When napari-sam's main widget (the per-viewer controller of :mod:`napari_sam.adapters`) holds the
-picked model for the same image, its :class:`~napari_sam.engine.segmenter.Segmenter` is reused
+picked model for the same image, its :class:`~napari_sam.engine.prediction.segmenter.Segmenter` is reused
 (shared slice embeddings); otherwise this widget keeps its own. torchvision is imported only in the
 worker of "Segment this slice automatically", never at module import.
 """
@@ -90,7 +90,7 @@ class PropagationWidget(Container):
     def _model_choices(self, _w=None) -> list[str]:
         """Zoo models, plus the main widget's model when it is another one (e.g. a checkpoint file)."""
         from ..adapters.registry import get_controller
-        from ..engine.zoo import list_models
+        from ..engine.models.zoo import list_models
 
         names = [e.name for e in list_models()]
         ctl = get_controller(self._viewer, create=False)
@@ -101,7 +101,7 @@ class PropagationWidget(Container):
     def _select_default_model(self) -> None:
         """The model loaded in napari-sam's main widget (embeddings are then shared), else the default."""
         from ..adapters.registry import get_controller
-        from ..engine.zoo import default_model_name
+        from ..engine.models.zoo import default_model_name
 
         ctl = get_controller(self._viewer, create=False)
         try:
@@ -161,7 +161,7 @@ class PropagationWidget(Container):
             return ctl.segmenter, ctl.busy
         key = (name if self.model is None else id(self.model), id(unwrap(image)), id(layer_array(image)))
         if self._seg is None or self._seg[0] != key:
-            from ..engine.segmenter import Segmenter
+            from ..engine.prediction.segmenter import Segmenter
 
             seg = Segmenter(model=self.model if self.model is not None else name)
             seg.set_image(layer_array(image), rgb=is_rgb(image))
@@ -171,7 +171,7 @@ class PropagationWidget(Container):
     def _predictor(self, image: Any, name: str | None) -> Any:
         if self.predict_fn is not None:
             return self.predict_fn
-        from ..engine.propagation import segmenter_predict_fn
+        from ..engine.volumes.propagation import segmenter_predict_fn
 
         seg, busy = self._segmenter(image, name)
         fn = segmenter_predict_fn(seg)
@@ -201,7 +201,7 @@ class PropagationWidget(Container):
         return self._propagate(ids, (1, -1))
 
     def _propagate(self, ids: list[int], directions: tuple[int, ...]) -> Job | None:
-        from ..engine.propagation import propagate, seeds_from_labels
+        from ..engine.volumes.propagation import propagate, seeds_from_labels
 
         if self.running:
             return self._job
@@ -244,7 +244,7 @@ class PropagationWidget(Container):
             if self.segment_slice is not None:
                 return np.asarray(self.segment_slice(np.asarray(layer_array(image)[z])))
                 yield  # pragma: no cover  (a generator)
-            from ..engine.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
+            from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
 
             seg, _ = self._segmenter(image, name)
             amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)

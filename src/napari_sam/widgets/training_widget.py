@@ -82,7 +82,7 @@ class TrainingWidget(Container):
         self._labels.reset_choices()
 
     def _model_choices(self, _widget=None) -> list[str]:
-        from ..engine.zoo import list_models
+        from ..engine.models.zoo import list_models
 
         return [e.name for e in list_models()] + [FROM_FILE]
 
@@ -123,7 +123,7 @@ class TrainingWidget(Container):
 
         def make_gen():
             def gen():
-                from ..engine.zoo import load_model
+                from ..engine.models.zoo import load_model
 
                 model = load_model(spec)
                 return (yield from fine_tune(model, pairs, out, cfg, resume=resume, overwrite=overwrite))

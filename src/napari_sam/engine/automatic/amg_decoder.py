@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..model.mask_decoder import MaskDecoder
-from ..model.transformer import TwoWayTransformer
+from ...model.mask_decoder import MaskDecoder
+from ...model.transformer import TwoWayTransformer
 
 
 def supports_fast_decoding(decoder: torch.nn.Module) -> bool:

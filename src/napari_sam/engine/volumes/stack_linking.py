@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..errors import InvalidImageError
+from ...errors import InvalidImageError
 
 
 def iou_matrix(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -46,8 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InvalidImageError, InvalidPromptError
-from .progress import Progress, run_blocking
+from ...errors import InvalidImageError, InvalidPromptError
+from ..progress import Progress, run_blocking
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def prompt_from_mask(
 
 
 def segmenter_predict_fn(segmenter: Any) -> SlicePredictFn:
-    """A :class:`SlicePredictFn` over a :class:`~napari_sam.engine.segmenter.Segmenter`
+    """A :class:`SlicePredictFn` over a :class:`~napari_sam.engine.prediction.segmenter.Segmenter`
     whose image is the (Z, H, W) stack; single-mask output."""
 
     def predict(z: int, prompt: SlicePrompt) -> SlicePrediction:
@@ -250,7 +250,7 @@ def propagate(
 
     Args:
         predict: a :class:`SlicePredictFn` ``(z, SlicePrompt) -> SlicePrediction`` or a
-            :class:`~napari_sam.engine.segmenter.Segmenter` holding the (Z, H, W) stack.
+            :class:`~napari_sam.engine.prediction.segmenter.Segmenter` holding the (Z, H, W) stack.
         seeds: ``{label_id: Seed(slice_index, (H, W) bool mask)}``.
         shape: (Z, H, W); taken from ``labels`` or the segmenter's image when left out.
         labels: (Z, H, W) integer volume filled in place (existing objects are kept;

@@ -27,10 +27,10 @@ class SliceSegmenterSpec:
     """How to build the default slice segmenter: SAM automatic mask generation.
 
     Attributes:
-        model: zoo name or checkpoint path; None = :func:`~napari_sam.engine.zoo.default_model_name`.
-        device, precision: see :mod:`napari_sam.engine.device`.
+        model: zoo name or checkpoint path; None = :func:`~napari_sam.engine.models.zoo.default_model_name`.
+        device, precision: see :mod:`napari_sam.engine.models.device`.
         points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area:
-            passed to :class:`~napari_sam.engine.amg.SamAutomaticMaskGenerator`.
+            passed to :class:`~napari_sam.engine.automatic.amg.SamAutomaticMaskGenerator`.
         intensity_limits: (low, high) used to normalise every slice of a non-uint8
             stack the same way (computed once over the stack); None for uint8.
         tile: (rows, cols) tile size for large slices, or None (whole slice at once).
@@ -55,7 +55,7 @@ class SliceSegmenterSpec:
     def build(self) -> SegmentSliceFn:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
         from .amg import SamAutomaticMaskGenerator
-        from .zoo import default_model_name, load_model
+        from ..models.zoo import default_model_name, load_model
 
         model = load_model(self.model or default_model_name(), device=self.device, precision=self.precision,
                            progressbar=False)

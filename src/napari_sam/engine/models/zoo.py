@@ -1,7 +1,7 @@
 """The model zoo: named, published SAM weights, and ``load_model`` for names or files.
 
 ``load_model("vit_b")`` downloads Meta's ViT-B weights on first use into the
-per-user cache (see :mod:`napari_sam.engine.weights_cache`), checks them, and
+per-user cache (see :mod:`napari_sam.engine.models.weights_cache`), checks them, and
 returns a :class:`~napari_sam.model.Sam` in eval mode. ``load_model(path)``
 loads a local file, guessing the architecture from its tensors.
 
@@ -29,9 +29,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError, UnknownModelError
+from ...errors import CheckpointError, UnknownModelError
 from . import weights_cache
-from ..model.checkpoint import read_state_dict
+from ...model.checkpoint import read_state_dict
 
 _log = logging.getLogger(__name__)
 
@@ -225,8 +225,8 @@ def _read_zoo_weights(entry: ModelEntry, progressbar: bool) -> dict:
 
 def _check_architecture(state: dict, model_type: str, source: str) -> None:
     """Fail early, naming the likely type, when the tensors are clearly of another known architecture."""
-    from ..model import get_config, guess_model_type
-    from ..model.config import ALIASES, PRESETS
+    from ...model import get_config, guess_model_type
+    from ...model.config import ALIASES, PRESETS
 
     guess = guess_model_type(state)
     wanted = get_config(model_type).name
@@ -238,8 +238,8 @@ def _check_architecture(state: dict, model_type: str, source: str) -> None:
 
 
 def _build(state: dict, model_type: str, source: str, device, precision):
-    from ..model import build_sam
-    from ..model.checkpoint import load_into
+    from ...model import build_sam
+    from ...model.checkpoint import load_into
     from .device import resolve_device
 
     _check_architecture(state, model_type, source)
@@ -296,7 +296,7 @@ def load_model(
         get_entry(str(name_or_path))  # raises UnknownModelError listing the names
     state = read_state_dict(path)
     if model_type is None:
-        from ..model import guess_model_type
+        from ...model import guess_model_type
 
         model_type = guess_model_type(state)
         if model_type.startswith("unknown"):

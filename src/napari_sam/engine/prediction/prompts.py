@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidPromptError
-from ..model.transforms import rowcol_to_xy
+from ...errors import InvalidPromptError
+from ...model.transforms import rowcol_to_xy
 
 
 def _finite(arr: np.ndarray, what: str) -> None:

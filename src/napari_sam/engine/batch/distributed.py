@@ -3,13 +3,13 @@
 Each slice is one task (:func:`segment_and_write`). The task reads its slice
 (from the input file, opened on the worker, or from data sent with the task
 for in-memory input), builds the slice segmenter once per worker process
-(:func:`napari_sam.engine.slice_segmenter.build_cached`: the model is loaded on
+(:func:`napari_sam.engine.automatic.slice_segmenter.build_cached`: the model is loaded on
 the first task and reused), segments, and writes the whole slice plus its
 ``done`` record into the zarr output itself. Writes are idempotent whole-slice
 writes, so a task re-run after a lost worker simply writes the same slice
 again; a slice is never half-written (zarr writes each chunk via temp file +
 rename, and the record follows the data). Linking then runs on the client
-(:meth:`napari_sam.engine.batch.StackStore.link`).
+(:meth:`napari_sam.engine.batch.run.StackStore.link`).
 
 The output must be on storage every worker can reach (a shared filesystem on
 a cluster). Use it with ``segment_stack(..., client=Client(address))`` or
@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BatchWriteError, InvalidImageError
-from .progress import Progress
-from .slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, resolve
+from ...errors import BatchWriteError, InvalidImageError
+from ..progress import Progress
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, resolve
 
 #: input path/key -> opened stack, per worker process.
 _SOURCES: dict[Any, Any] = {}
 
 
 def _read(source, z: int) -> np.ndarray:
-    from .batch import as_stack
+    from .run import as_stack
 
     arr = _SOURCES.get(source)
     if arr is None:
@@ -44,7 +44,7 @@ def _read(source, z: int) -> np.ndarray:
 def segment_and_write(seg: SegmentSliceFn | SliceSegmenterSpec, source, z: int, group_path: str,
                       data: np.ndarray | None = None) -> int:
     """Worker task: segment slice ``z`` and write it (and its record) to the output group. Returns ``z``."""
-    from .batch import write_slice
+    from .run import write_slice
 
     image = data if data is not None else _read(source, z)
     labels = np.asarray(resolve(seg)(image))
@@ -98,7 +98,7 @@ def run_slices(
             try:
                 z = fut.result()
             except BatchWriteError as e:
-                from .batch import _ranges
+                from .run import _ranges
 
                 done = done_slices()
                 raise BatchWriteError(f"{e}. Slices finished and intact: {_ranges(done)}; "

@@ -3,7 +3,7 @@
 ``segment_stack(input, output)`` segments every slice on its own (SAM automatic
 mask generation by default, any ``(image) -> labels`` callable otherwise),
 writes each slice as soon as it is done, then links the 2D instances across z
-into 3D objects (:mod:`napari_sam.engine.stack_linking`).
+into 3D objects (:mod:`napari_sam.engine.volumes.stack_linking`).
 
 Output layout (``output`` ending in ``.zarr``) - a zarr group:
 
@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BatchWriteError, InvalidImageError, OutputExistsError
-from .progress import Progress, run_blocking
-from .slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
-from .stack_linking import StackLinker
+from ...errors import BatchWriteError, InvalidImageError, OutputExistsError
+from ..progress import Progress, run_blocking
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
+from ..volumes.stack_linking import StackLinker
 
 JOB_KEY = "napari_sam_job"
 FORMAT = "napari-sam-stack/1"
@@ -59,15 +59,15 @@ class StackSource:
     path: str | None
 
     def open(self) -> Any:
-        """The full-resolution array, lazy (:func:`napari_sam.engine.io.open_image`)."""
-        from .io import open_image
+        """The full-resolution array, lazy (:func:`napari_sam.engine.images.io.open_image`)."""
+        from ..images.io import open_image
 
         return open_image(self.path).data
 
 
 def _open_input(input: Any) -> tuple[Any, StackSource]:
     if isinstance(input, (str, os.PathLike)):
-        from .io import TIFF_SUFFIXES
+        from ..images.io import TIFF_SUFFIXES
 
         p = Path(input).expanduser()
         if not p.exists():
@@ -105,8 +105,8 @@ def as_stack(arr: Any) -> tuple[Any, bool]:
 
 def _fingerprint(stack: Any, source: StackSource) -> dict:
     """Identify the input cheaply: path, shape, dtype and a hash of sampled pixels
-    (:func:`napari_sam.engine.fingerprint.image_fingerprint`)."""
-    from .fingerprint import image_fingerprint
+    (:func:`napari_sam.engine.store.fingerprint.image_fingerprint`)."""
+    from ..store.fingerprint import image_fingerprint
 
     return {"path": source.path, "shape": list(stack.shape), "dtype": str(stack.dtype),
             "pixels": image_fingerprint(stack)}
@@ -209,7 +209,7 @@ class StackStore:
                 return self.output
             import tifffile
 
-            from .atomic import atomic_path
+            from ..store.atomic import atomic_path
 
             with atomic_path(self.output) as tmp:
                 tifffile.imwrite(tmp, np.asarray(self.group["labels"][:]), photometric="minisblack", compression="zlib")
@@ -272,14 +272,14 @@ def segment_stack(
         input: a .tif/.tiff/.zarr path, or an array: (Z, H, W), (Z, H, W, C), or 2D (one slice).
         output: ``.zarr`` (a group, see the module docstring) or ``.tif``/``.tiff``.
         model: zoo name or checkpoint path for the default SAM slice segmenter
-            (None: :func:`~napari_sam.engine.zoo.default_model_name`).
+            (None: :func:`~napari_sam.engine.models.zoo.default_model_name`).
         tile: (rows, cols) tiles for large slices.  device/precision: for the model.
         overwrite: replace an existing output instead of refusing / resuming.
         client: a ``dask.distributed.Client``: slices run as tasks on its workers.
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
         points_per_side ... min_mask_region_area: automatic mask generation settings.
-        iou_threshold: linking threshold (see :mod:`napari_sam.engine.stack_linking`).
+        iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
 
@@ -295,7 +295,7 @@ def segment_stack(
     if segment_slice is None:
         limits = None
         if np.dtype(stack.dtype) != np.uint8:
-            from .normalize import intensity_range
+            from ..images.normalize import intensity_range
 
             picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 8)).astype(int))
             limits = tuple(float(v) for v in intensity_range(np.stack([np.asarray(stack[int(z)]) for z in picks])))
@@ -306,7 +306,7 @@ def segment_stack(
             intensity_limits=limits, tile=None if tile is None else (int(tile[0]), int(tile[1])),
         )
     else:
-        from .slice_segmenter import tiled
+        from ..automatic.slice_segmenter import tiled
 
         seg = tiled(segment_slice, tile) if tile else segment_slice
     job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),

@@ -22,7 +22,7 @@ in chunks; masks are kept cropped to their boxes instead of as run-length
 codes of the whole image; and the run-length encoding, when asked for, is
 vectorised.
 
-Image input: anything :func:`napari_sam.engine.normalize.to_uint8_rgb` accepts
+Image input: anything :func:`napari_sam.engine.images.normalize.to_uint8_rgb` accepts
 ((H, W) grayscale, (H, W, 1|3|4), uint8/uint16/float); uint8 RGB is used as is.
 """
 
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidImageError, InvalidParameterError
-from ..model.sam import Sam
+from ...errors import InvalidImageError, InvalidParameterError
+from ...model.sam import Sam
 from .amg_decoder import decode_shared_image, supports_fast_decoding
 from .amg_grid import build_all_layer_point_grids, generate_crop_boxes
 from .label_image import clean_local_mask, paint_label_image
@@ -48,9 +48,9 @@ from .mask_data import (
     mask_to_rle,
     masks_to_local,
 )
-from .normalize import to_uint8_rgb
-from .predictor import Embedding, SamPredictor
-from .progress import Progress, run_blocking
+from ..images.normalize import to_uint8_rgb
+from ..prediction.predictor import Embedding, SamPredictor
+from ..progress import Progress, run_blocking
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -211,7 +211,7 @@ class SamAutomaticMaskGenerator:
 
         Args:
             tile_shape: segment a large image tile by tile (outer crops of this
-                (rows, cols) shape, see :mod:`napari_sam.engine.tiling`); ``None``
+                (rows, cols) shape, see :mod:`napari_sam.engine.prediction.tiling`); ``None``
                 segments the whole image at once.
             halo: context (pixels) around each tile's inner region (default: an
                 eighth of the tile). A mask belongs to the tile whose inner region
@@ -243,8 +243,8 @@ class SamAutomaticMaskGenerator:
         )
 
     def _tiled_labels_iter(self, image, intensity_limits, tile_shape, halo):
-        from .normalize import check_image, intensity_range
-        from .tiling import TileGrid
+        from ..images.normalize import check_image, intensity_range
+        from ..prediction.tiling import TileGrid
 
         arr = check_image(image)
         if arr.dtype != np.uint8 and intensity_limits is None:

@@ -10,7 +10,7 @@ cost a quarter or more of the click (docs/performance.md).
 :func:`tune_allocator` raises both thresholds once per process, so that freed
 tensors are reused from the heap: PyTorch's own CPU performance guide reaches
 the same effect by preloading jemalloc or tcmalloc. It is called when a
-:class:`~napari_sam.engine.predictor.SamPredictor` is created on the CPU, never
+:class:`~napari_sam.engine.prediction.predictor.SamPredictor` is created on the CPU, never
 at import. The cost is memory that stays mapped after a peak (at most
 ``TRIM_BYTES`` above what is in use). ``NAPARI_SAM_TUNE_MALLOC=0`` turns it off;
 it does nothing outside glibc or when jemalloc/tcmalloc is preloaded.

@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import DownloadError
+from ...errors import DownloadError
 
 CACHE_ENV = "NAPARI_SAM_CACHE_DIR"
 OFFLINE_ENV = "NAPARI_SAM_OFFLINE"

@@ -14,10 +14,10 @@ Coordinates: ``points`` are (row, col) pixels of the 2D slice; ``box`` is
 (row0, col0, row1, col1). The engine's :class:`SamPredictor` uses SAM's
 (x, y) order; the flip happens in :func:`napari_sam.model.transforms.rowcol_to_xy`.
 
-Large slices are embedded tile by tile (:mod:`napari_sam.engine.tiling`), each
+Large slices are embedded tile by tile (:mod:`napari_sam.engine.prediction.tiling`), each
 tile's crop normalised with the whole image's intensity limits; prompts are
 routed to one tile or split across tiles and merged by
-:mod:`napari_sam.engine.tiled_prediction` (see there for the rule, and for
+:mod:`napari_sam.engine.prediction.tiled_prediction` (see there for the rule, and for
 ``Prediction.tile`` / ``mask_input`` refinement on tiled slices).
 """
 
@@ -28,23 +28,23 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImageError, InvalidPromptError
-from ..model.transforms import get_preprocess_shape
-from .embedding_store import EmbeddingStore
-from .image_slices import ImageSlices, SliceIndex
+from ...errors import InvalidImageError, InvalidPromptError
+from ...model.transforms import get_preprocess_shape
+from ..store.embedding_store import EmbeddingStore
+from ..images.image_slices import ImageSlices, SliceIndex
 from .predictor import Embedding, SamPredictor
-from .progress import Progress, run_blocking
+from ..progress import Progress, run_blocking
 from .prompts import check_rowcol_prompts
 from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
 from .tiling import Tile, TileGrid, check_tiling
 
 def _resolve_model(model: Any, device, precision):
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        from .zoo import default_model_name, load_model
+        from ..models.zoo import default_model_name, load_model
 
         return load_model(model if model is not None else default_model_name(), device=device, precision=precision)
     if device is not None:
-        from .device import resolve_device
+        from ..models.device import resolve_device
 
         model = model.to(resolve_device(device))
     return model
@@ -68,7 +68,7 @@ class Segmenter:
         halo: (rows, cols) of overlap context around each tile's inner region, or an
             int; ``None`` is one eighth of the tile shape.
         cache_dir: folder of a persistent zarr embedding cache, or ``None`` (memory only).
-            See :mod:`napari_sam.engine.embedding_store`.
+            See :mod:`napari_sam.engine.store.embedding_store`.
         cache_bytes: bound of the in-memory cache in bytes (overrides ``cache_size``).
     """
 
@@ -158,7 +158,7 @@ class Segmenter:
 
         Args:
             image_id: identity of the data for the disk cache; by default a fingerprint
-                of sampled pixels, shape and dtype (:func:`~napari_sam.engine.fingerprint.image_fingerprint`).
+                of sampled pixels, shape and dtype (:func:`~napari_sam.engine.store.fingerprint.image_fingerprint`).
         """
         self._src = ImageSlices(image, self.rgb if rgb is None else rgb)
         self._image_id = image_id
@@ -174,7 +174,7 @@ class Segmenter:
 
     @property
     def slices(self) -> ImageSlices:
-        """The current image as :class:`~napari_sam.engine.image_slices.ImageSlices`."""
+        """The current image as :class:`~napari_sam.engine.images.image_slices.ImageSlices`."""
         if self._src is None:
             raise InvalidImageError("No image is set: call set_image() first.")
         return self._src
@@ -224,7 +224,7 @@ class Segmenter:
 
     # ---- embeddings --------------------------------------------------------------------------
     def _signature(self) -> dict:
-        from .fingerprint import image_fingerprint, model_fingerprint
+        from ..store.fingerprint import image_fingerprint, model_fingerprint
 
         image_id = self._image_id or image_fingerprint(self.image, spatial_ndim=3 if self.slices.is_rgb else 2)
         limits = self.intensity_limits()

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ..errors import DeviceError
+from ...errors import DeviceError
 
 DEVICE_ENV = "NAPARI_SAM_DEVICE"
 PRECISION_ENV = "NAPARI_SAM_PRECISION"

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImageError, InvalidPromptError
+from ...errors import InvalidImageError, InvalidPromptError
 from .normalize import intensity_range
-from .tiling import Tile
+from ..prediction.tiling import Tile
 
 FULL_SLICE_SAMPLE_PIXELS = 4_000_000  # above this many pixels per slice, intensity limits use windows
 

@@ -4,7 +4,7 @@ Nothing here reads pixel data: :func:`open_image` returns arrays backed by the
 file (zarr arrays; for TIFF, tifffile's zarr store over the file, so
 compressed, tiled and pyramidal TIFFs are read chunk by chunk). Slicing such an
 array reads only the chunks it needs, which is how the
-:class:`~napari_sam.engine.segmenter.Segmenter` reads big stacks slice by
+:class:`~napari_sam.engine.prediction.segmenter.Segmenter` reads big stacks slice by
 slice and tile by tile.
 
 - TIFF / OME-TIFF (``.tif``, ``.tiff``, ``.ome.tif``, ``.btf``): the first
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidImageError
+from ...errors import InvalidImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidImageError
+from ...errors import InvalidImageError
 
 Range = tuple[int, int]
 
@@ -211,7 +211,7 @@ class TileGrid:
         """Tiles whose inner region overlaps the (row, col) extent [lo, hi].
 
         Coordinates are continuous with pixel centres at integers, so a region of
-        pixels [a, b) spans [a - 0.5, b - 0.5] (as in :mod:`napari_sam.engine.prompts`).
+        pixels [a, b) spans [a - 0.5, b - 0.5] (as in :mod:`napari_sam.engine.prediction.prompts`).
         """
         lo, hi = (np.asarray(v, dtype=np.float64) for v in extent)
         out = []

@@ -3,7 +3,7 @@
 Entries are image embeddings keyed by ``(slice, tile)`` (flat indices) inside
 one *group*. A group holds the embeddings of one combination of
 
-- image identity (:func:`~napari_sam.engine.fingerprint.image_fingerprint`: shape,
+- image identity (:func:`~napari_sam.engine.store.fingerprint.image_fingerprint`: shape,
   dtype and sampled pixel data),
 - model (architecture name + weights fingerprint) and encoder precision,
 - preprocessing (the intensity limits used for normalisation, RGB or not),
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError
-from .predictor import Embedding
+from ...errors import CacheError
+from ..prediction.predictor import Embedding
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "napari_sam_embeddings"
@@ -68,7 +68,7 @@ def signature_hash(signature: dict) -> str:
 
 
 def _package_version() -> str:
-    from .. import __version__
+    from ... import __version__
 
     return __version__
 

@@ -1,6 +1,6 @@
 """Answering prompts on a tiled slice: routing, splitting across tiles, merging.
 
-A large slice is embedded tile by tile (:mod:`napari_sam.engine.tiling`): each
+A large slice is embedded tile by tile (:mod:`napari_sam.engine.prediction.tiling`): each
 tile's crop is embedded on its own. A prompt is answered by the single tile
 that holds it (:meth:`TileGrid.best_tile`) when there is one: the result is
 exactly what embedding that crop alone would give, placed back into the slice.
@@ -19,7 +19,7 @@ and its grid index in ``Prediction.tile``; pass both back (``mask_input=``,
 
 Everything here is pure geometry over a :class:`TileGrid` plus a
 :class:`TilePredictFn` that predicts inside one tile's crop (the
-:class:`~napari_sam.engine.segmenter.Segmenter` supplies one that sets that
+:class:`~napari_sam.engine.prediction.segmenter.Segmenter` supplies one that sets that
 tile's embedding on its predictor). Slice prompts are validated napari
 (row, col) arrays: points (N, 2) float64, labels (N,) int64 in {0, 1}, box
 (4,) (row0, col0, row1, col1); the callable receives them in SAM's (x, y)
@@ -33,8 +33,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import InvalidPromptError
-from ..model.transforms import rowcol_to_xy
+from ...errors import InvalidPromptError
+from ...model.transforms import rowcol_to_xy
 from .predictor import Embedding
 from .tiling import Tile, TileGrid
 

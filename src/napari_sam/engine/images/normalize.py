@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidImageError
+from ...errors import InvalidImageError
 
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9

@@ -3,8 +3,8 @@
 Same call signature and return values as the reference
 ``segment_anything.SamPredictor``; coordinates are (x, y) pixels of the
 original image. Beyond the reference it accepts grayscale, RGB and RGBA images
-of uint8, uint16 and float dtypes (see :mod:`napari_sam.engine.normalize`),
-validates prompts with clear errors (:mod:`napari_sam.engine.prompts`), runs
+of uint8, uint16 and float dtypes (see :mod:`napari_sam.engine.images.normalize`),
+validates prompts with clear errors (:mod:`napari_sam.engine.prediction.prompts`), runs
 the encoder in an optional reduced precision, and can be given a precomputed
 embedding instead of running the encoder (:meth:`set_embedding`).
 """
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ImageNotSetError, InvalidImageError, InvalidPromptError
-from ..model.mask_decoder import upscale_masks
-from ..model.sam import Sam
-from ..model.transforms import ResizeLongestSide
+from ...errors import ImageNotSetError, InvalidImageError, InvalidPromptError
+from ...model.mask_decoder import upscale_masks
+from ...model.sam import Sam
+from ...model.transforms import ResizeLongestSide
 from .allocator import tune_allocator
-from .device import autocast_dtype, compile_module, compile_requested, resolve_precision
-from .normalize import to_uint8_rgb
+from ..models.device import autocast_dtype, compile_module, compile_requested, resolve_precision
+from ..images.normalize import to_uint8_rgb
 from .prompts import check_box, check_mask_input, check_points
 
 
@@ -52,7 +52,7 @@ class SamPredictor:
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder and the mask
                 decoder's products with the image tokens (:attr:`decoder_dtype`); ``None`` means
                 ``sam_model.precision`` if set, else ``NAPARI_SAM_PRECISION``, else the device's
-                default (:func:`napari_sam.engine.device.default_precision`). Unsupported choices
+                default (:func:`napari_sam.engine.models.device.default_precision`). Unsupported choices
                 fall back with a warning.
             compile: compile the image encoder with ``torch.compile`` on first use (opt-in; ``None``
                 reads ``NAPARI_SAM_COMPILE=1``). Falls back to eager with a warning if compiling fails.
@@ -65,7 +65,7 @@ class SamPredictor:
         self.compile = compile_requested(compile)
         self._compiled_encoder = None
         if self.device.type == "cpu":
-            tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/allocator.py)
+            tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/prediction/allocator.py)
         self.reset_image()
 
     @property

@@ -1,0 +1,1 @@
+"""Automatic instance segmentation: the grid-prompt mask generator, its records and label images."""

@@ -1,0 +1,1 @@
+"""Getting a model to run: the zoo of named checkpoints, the weights cache and device/precision choice."""

@@ -1,0 +1,1 @@
+"""Prompted prediction: the predictor, the napari-order segmenter, prompt checks, tiles and tiled prediction."""

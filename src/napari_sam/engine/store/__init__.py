@@ -1,0 +1,1 @@
+"""Keeping embeddings: the memory/zarr embedding store, image fingerprints and atomic writes."""

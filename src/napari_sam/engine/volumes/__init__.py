@@ -1,0 +1,1 @@
+"""Volumes: carrying objects through z by prompting, and linking per-slice labels across slices."""
