@@ -12,7 +12,7 @@ from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stac
 from napari_sam.engine.progress import run_blocking
 from napari_sam.engine.automatic.slice_segmenter import otsu_labels, tiled
 from napari_sam.engine.volumes.stack_linking import iou_matrix, link_stack, match_instances
-from napari_sam.errors import BatchWriteError, InvalidImageError, OutputExistsError
+from napari_sam.errors import BatchWriteError, InvalidImageError, InvalidOutputError, OutputExistsError
 
 
 def _blob_stack(n_z: int = 8, shape=(48, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +137,7 @@ def test_2d_input_is_one_slice_and_bad_inputs(tmp_path):
         segment_stack_blocking(tmp_path / "nope.tif", tmp_path / "n.zarr", segment_slice=otsu_labels)
     with pytest.raises(InvalidImageError, match="z-stack"):
         segment_stack_blocking(np.zeros((2, 2, 5, 5, 5)), tmp_path / "x.zarr", segment_slice=otsu_labels)
-    with pytest.raises(InvalidImageError, match=".zarr, .tif"):
+    with pytest.raises(InvalidOutputError, match=".zarr, .tif"):
         segment_stack_blocking(img, tmp_path / "x.png", segment_slice=otsu_labels)
 
 

@@ -64,9 +64,12 @@ def test_plain_zarr_array_and_bad_paths(tmp_path):
     assert open_image(tmp_path / "a.zarr").shape == data.shape
     with pytest.raises(InvalidImageError, match="not found"):
         open_image(tmp_path / "missing.tif")
-    (tmp_path / "x.png").write_bytes(b"\x89PNG")
-    with pytest.raises(InvalidImageError, match="TIFF"):
+    (tmp_path / "x.png").write_bytes(b"\x89PNG")  # a truncated PNG
+    with pytest.raises(InvalidImageError, match="Cannot read image"):
         open_image(tmp_path / "x.png")
+    (tmp_path / "x.bmp").write_bytes(b"BM")
+    with pytest.raises(InvalidImageError, match="TIFF"):
+        open_image(tmp_path / "x.bmp")
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
     with pytest.raises(InvalidImageError, match="Cannot read TIFF"):
         open_image(tmp_path / "bad.tif")

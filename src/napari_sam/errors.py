@@ -68,3 +68,8 @@ class BatchWriteError(NapariSamError, OSError):
 
 class InvalidParameterError(NapariSamError, ValueError):
     """A setting has an invalid value or combination (e.g. automatic segmentation options)."""
+
+
+class InvalidOutputError(NapariSamError, ValueError):
+    """An output path that cannot be used: it is or overlaps the input, its folder is missing,
+    or its suffix names a format napari-sam does not write."""

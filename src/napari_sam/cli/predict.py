@@ -1,11 +1,28 @@
-"""``napari-sam predict``: one object from point and box prompts, written as a mask TIFF.
+"""``napari-sam predict``: one object from point and box prompts, written as a mask image.
 
-Coordinates are napari's (row, col) pixel order.
+Coordinates are napari's (row, col) pixel order. The mask is written in the
+format its suffix names (see :data:`MASK_FORMATS`).
 """
 
 from __future__ import annotations
 
 import argparse
+
+#: output suffix -> what is written there (uint8, 255 = object, 0 = background)
+MASK_FORMATS = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".npy": "NumPy array"}
+
+
+def slice_index(text: str) -> tuple[int, ...]:
+    """``"3"`` -> (3,), ``"3,5"`` -> (3, 5): the index of one 2D slice along the leading axes."""
+    try:
+        key = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one integer per slice axis, separated by commas (e.g. 3 or 3,5); got {text!r}"
+        ) from None
+    if any(k < 0 for k in key):
+        raise argparse.ArgumentTypeError(f"slice indices count from 0; got {text!r}")
+    return key
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -13,64 +30,83 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "predict",
         help="segment one object from clicks/box on an image file and write its mask",
         description="Segment one object in a 2D image (or one slice of a stack) from prompts in (row, col) order.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("image", help="input image (TIFF, PNG, JPEG, or .npy)")
-    p.add_argument("--out", required=True, help="output mask TIFF (uint8, 255 = object)")
+    p.add_argument("image", help="input image: TIFF/OME-TIFF, zarr, PNG, JPEG or .npy")
+    p.add_argument("--out", required=True,
+                   help=f"output mask (uint8, 255 = object); the suffix names the format: {', '.join(MASK_FORMATS)}")
     p.add_argument("--point", nargs=2, type=float, action="append", metavar=("ROW", "COL"), default=[],
                    help="a positive click (repeatable)")
     p.add_argument("--negative", nargs=2, type=float, action="append", metavar=("ROW", "COL"), default=[],
                    help="a negative click (repeatable)")
-    p.add_argument("--box", nargs=4, type=float, metavar=("ROW0", "COL0", "ROW1", "COL1"))
-    p.add_argument("--slice", type=int, default=None, help="slice index along the first axis of a stack")
+    p.add_argument("--box", nargs=4, type=float, metavar=("ROW0", "COL0", "ROW1", "COL1"), help="a box prompt")
+    p.add_argument("--slice", type=slice_index, default=None, metavar="I[,J...]",
+                   help="which 2D slice of a stack: one index per leading axis, e.g. 3 for (Z, Y, X) or "
+                        "3,5 for (T, Z, Y, X)")
     p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="compute precision (default: the device's default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
 
-def read_image(path: str):
-    """Read an image file into a numpy array (TIFF via tifffile, .npy, else scikit-image)."""
+def check_mask_output(out, image_path: str, overwrite: bool):
+    """Refuse, before any work, an output whose format is unknown, whose folder is missing,
+    that overlaps the input, or that exists (without ``overwrite``)."""
     from pathlib import Path
 
+    from ..engine.store.output_paths import check_output
+    from ..errors import InvalidOutputError, OutputExistsError
+
+    out = Path(out).expanduser()
+    if out.suffix.lower() not in MASK_FORMATS:
+        hint = " (JPEG is lossy and would blur the mask's edges)" if out.suffix.lower() in (".jpg", ".jpeg") else ""
+        raise InvalidOutputError(
+            f"Cannot write a mask to {out}: unknown output format {out.suffix or '(no suffix)'!r}{hint}. "
+            f"Use one of: {', '.join(MASK_FORMATS)}."
+        )
+    check_output(out, [image_path])
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"Output {out} exists; pass --overwrite to replace it.")
+    return out
+
+
+def write_mask(out, mask) -> None:
+    """Write a bool (H, W) mask as uint8 0/255 in the format of ``out``'s suffix, atomically."""
     import numpy as np
 
-    from ..errors import InvalidImageError
+    from ..engine.store.atomic import atomic_write
 
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidImageError(f"Input image not found: {p}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    data = np.asarray(mask).astype(np.uint8) * 255
+    fmt = MASK_FORMATS[out.suffix.lower()]
+    if fmt == "TIFF":
+        import tifffile
 
-            return tifffile.imread(p)
-        if suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        import skimage.io
+        atomic_write(out, lambda tmp: tifffile.imwrite(tmp, data, photometric="minisblack"))
+    elif fmt == "PNG":
+        from PIL import Image
 
-        return skimage.io.imread(p)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
-        raise InvalidImageError(f"Could not read {p}: {type(e).__name__}: {e}") from e
+        atomic_write(out, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"))
+    else:
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, data, allow_pickle=False)
+
+        atomic_write(out, save)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import numpy as np
-    import tifffile
-
-    from ..engine.store.atomic import atomic_write
+    from ..engine.images.io import open_image
+    from ..engine.models.zoo import check_model
     from ..engine.prediction.segmenter import Segmenter
     from ..errors import InvalidPromptError
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InvalidPromptError(f"Output {out} exists; pass --overwrite to replace it.")
+    out = check_mask_output(args.out, args.image, args.overwrite)
     if not args.point and not args.negative and args.box is None:
         raise InvalidPromptError("Give at least one --point or a --box.")
-    image = read_image(args.image)
+    image = open_image(args.image).data
+    check_model(args.model)
     seg = Segmenter(model=args.model, device=args.device, precision=args.precision)
     seg.set_image(image)
     points = list(args.point) + list(args.negative)
@@ -78,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     mask = seg.segment(
         points=points or None, labels=labels or None, box=args.box, slice_index=args.slice
     )
-    atomic_write(out, lambda tmp: tifffile.imwrite(tmp, (mask.astype(np.uint8) * 255)))
+    write_mask(out, mask)
     print(f"{out}: {int(mask.sum())} pixels")
     return 0

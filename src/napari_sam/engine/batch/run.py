@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidImageError, OutputExistsError
+from ...errors import BatchWriteError, InvalidImageError, InvalidOutputError, OutputExistsError
 from ..progress import Progress, run_blocking
 from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
 from ..volumes.stack_linking import StackLinker
@@ -67,13 +67,13 @@ class StackSource:
 
 def _open_input(input: Any) -> tuple[Any, StackSource]:
     if isinstance(input, (str, os.PathLike)):
-        from ..images.io import TIFF_SUFFIXES
+        from ..images.io import INPUT_SUFFIXES
 
         p = Path(input).expanduser()
         if not p.exists():
             raise InvalidImageError(f"Input {p} does not exist.")
-        if p.suffix.lower() not in (*TIFF_SUFFIXES, ".zarr"):
-            raise InvalidImageError(f"Input {p}: expected a TIFF file (.tif, .tiff) or a .zarr store.")
+        if p.suffix.lower() not in INPUT_SUFFIXES:
+            raise InvalidImageError(f"Input {p}: expected one of {', '.join(INPUT_SUFFIXES)}.")
         source = StackSource(str(p.resolve()))
         return source.open(), source
     if not hasattr(input, "shape"):
@@ -126,18 +126,28 @@ def write_slice(group_path: str, z: int, labels: np.ndarray) -> None:
 
 
 class StackStore:
-    """The zarr group holding a job's slices, records and linked labels (see the module docstring)."""
+    """The zarr group holding a job's slices, records and linked labels (see the module docstring).
 
-    def __init__(self, output: str | os.PathLike, job: dict, shape: tuple[int, int, int], overwrite: bool) -> None:
+    Constructing it only checks (output suffix and folder, no overlap with ``inputs``, an existing
+    output resumable or refused); nothing is created or removed until :meth:`open`.
+    """
+
+    def __init__(self, output: str | os.PathLike, job: dict, shape: tuple[int, int, int], overwrite: bool,
+                 inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+        from ..store.output_paths import check_output
+
         self.output = Path(output).expanduser()
         suffix = self.output.suffix.lower()
         if suffix not in (".zarr", ".tif", ".tiff"):
-            raise InvalidImageError(f"Output {self.output}: expected a .zarr, .tif or .tiff path.")
+            raise InvalidOutputError(f"Output {self.output}: expected a .zarr, .tif or .tiff path.")
         self.is_tiff = suffix != ".zarr"
         self.group_path = self.output.with_name(self.output.name + ".partial.zarr") if self.is_tiff else self.output
+        check_output(self.output, inputs, also_writes=[self.group_path])
         self.job = json.loads(json.dumps({**job, "format": FORMAT}))  # as stored (tuples -> lists)
         self.shape = tuple(int(s) for s in shape)
-        self._open(overwrite)
+        self.overwrite = overwrite
+        self.group = None
+        self._plan()
 
     def _existing_job(self, path: Path) -> dict | None:
         import zarr
@@ -147,37 +157,57 @@ class StackStore:
         except Exception:  # not a zarr group at all
             return None
 
-    def _open(self, overwrite: bool) -> None:
-        import zarr
-
-        if self.is_tiff and self.output.exists() and not overwrite:
-            raise OutputExistsError(f"Output {self.output} exists; pass --overwrite / overwrite=True to replace it.")
+    def _plan(self) -> None:
+        """Decide, touching nothing: start afresh, resume, or replace (overwrite); else refuse."""
         self.resumed = False
-        if self.group_path.exists():
-            old = self._existing_job(self.group_path)
-            same = old is not None and old.get("job") == self.job
-            if same and not old.get("complete") and not overwrite:
+        self._replace = False
+        old = self._existing_job(self.group_path) if self.group_path.exists() else None
+        same = old is not None and old.get("job") == self.job
+        if self.group_path.is_dir() and not any(self.group_path.iterdir()):
+            old, same, self._replace = None, False, True  # an empty folder left by a failed creation
+        elif self.group_path.exists():
+            if self.overwrite:
+                self._replace = True
+            elif same and not old.get("complete"):
                 self.resumed = True
-            elif not overwrite:
+            else:
                 why = ("holds a finished result of this job" if same else
                        "holds the output of a different job" if old is not None else "is not a napari-sam output")
                 raise OutputExistsError(
                     f"Output {self.group_path} exists and {why}; pass --overwrite / overwrite=True to replace it."
                 )
-            else:
-                _remove(self.group_path)
+        # A TIFF beside an unfinished group of this same job was written by this job just before a
+        # failure (the group is removed right after the TIFF is in place): finish the job again.
+        if self.is_tiff and self.output.exists() and not self.overwrite and not self.resumed:
+            raise OutputExistsError(f"Output {self.output} exists; pass --overwrite / overwrite=True to replace it.")
+
+    def open(self) -> None:
+        """Create the output group (or open the one to resume)."""
+        import zarr
+
         if self.resumed:
             self.group = zarr.open_group(str(self.group_path), mode="r+")
+            self._create_arrays(self.group)  # any that an interrupted creation left out
             return
+        if self._replace:
+            _remove(self.group_path)
         try:
+            # the job record first: an interrupted creation leaves a group that a rerun recognises
             g = zarr.open_group(str(self.group_path), mode="w")
-            z, h, w = self.shape
-            g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
-            g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
             g.attrs[JOB_KEY] = {"job": self.job, "complete": False}
+            self._create_arrays(g)
         except OSError as e:
-            raise BatchWriteError(f"Cannot create the output {self.group_path}: {e}") from e
+            _remove(self.group_path)  # nothing of value in it yet
+            raise BatchWriteError(f"Cannot create the output {self.group_path}: {e}. Nothing was written; "
+                                  "free space (or fix permissions) and run again.") from e
         self.group = g
+
+    def _create_arrays(self, g) -> None:
+        z, h, w = self.shape
+        if "slices" not in g:
+            g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
+        if "done" not in g:
+            g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
 
     def done_slices(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.group["done"][:])]
@@ -202,10 +232,15 @@ class StackStore:
         return linker.next_id - 1
 
     def finish(self, n_objects: int) -> Path:
-        """Mark complete; for a TIFF output write it atomically and drop the partial group."""
+        """Complete the output, marking it complete only once the final write has succeeded.
+
+        zarr: ``labels`` is written (by :meth:`link`), then the record is set complete.
+        TIFF: the TIFF is written atomically, then the partial group is removed; a failure
+        before that leaves the group unfinished, so running the job again finishes it.
+        """
         try:
-            self.group.attrs[JOB_KEY] = {"job": self.job, "complete": True, "n_objects": int(n_objects)}
             if not self.is_tiff:
+                self.group.attrs[JOB_KEY] = {"job": self.job, "complete": True, "n_objects": int(n_objects)}
                 return self.output
             import tifffile
 
@@ -214,15 +249,25 @@ class StackStore:
             with atomic_path(self.output) as tmp:
                 tifffile.imwrite(tmp, np.asarray(self.group["labels"][:]), photometric="minisblack", compression="zlib")
         except OSError as e:
-            raise BatchWriteError(f"Writing the final output {self.output} failed: {e}", self.done_slices()) from e
+            raise BatchWriteError(
+                f"Writing the final output {self.output} failed: {e}. All slices are kept in {self.group_path}; "
+                "free space (or fix the problem) and run the same command again to finish.",
+                self.done_slices()) from e
         _remove(self.group_path)
         return self.output
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
+    """Remove a file or folder; a folder is first renamed aside, so a failure part-way never leaves a
+    half-removed output under the output's name."""
+    if path.is_dir() and not path.is_symlink():
+        aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = path
+        shutil.rmtree(aside, ignore_errors=aside != path)
+    elif path.exists() or path.is_symlink():
         path.unlink()
 
 
@@ -311,7 +356,18 @@ def segment_stack(
         seg = tiled(segment_slice, tile) if tile else segment_slice
     job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
-    store = StackStore(output, job, (n_z, h, w), overwrite)
+    store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
+    # everything is checked before the output is created: the model too (loaded here; on a
+    # cluster each worker loads it, so only its name or file is checked)
+    if client is not None:
+        if isinstance(seg, SliceSegmenterSpec):
+            from ..models.zoo import check_model
+
+            check_model(seg.model)
+        fn = None
+    else:
+        fn = resolve(seg)
+    store.open()
     done_before = store.done_slices()
     todo = [z for z in range(n_z) if z not in set(done_before)]
     yield Progress(len(done_before), n_z, f"resuming: {len(done_before)} slices already done"
@@ -322,7 +378,6 @@ def segment_stack(
         yield from run_slices(client, seg, source, raw if source.path is None else None, rgb,
                               str(store.group_path), todo, n_z, len(done_before), store.done_slices)
     else:
-        fn = resolve(seg)
         for i, z in enumerate(todo):
             image = np.asarray(stack[z])
             labels = np.asarray(fn(image))

@@ -14,6 +14,9 @@ slice and tile by tile.
   ``multiscales[0].datasets`` give the levels (largest first); a group
   without that metadata with an array named ``"0"`` (or a single array) uses it.
 
+- plain images (``.png``, ``.jpg``, ``.jpeg``): read whole (they are small),
+  axes ``"yx"`` or ``"yxs"`` (colour samples last); ``.npy``: memory-mapped.
+
 Axis names (``axes``) come from OME metadata or tifffile's series axes
 (e.g. ``"ZYX"``, ``"tczyx"``) when known; the data keep the file's axis order.
 """
@@ -28,6 +31,9 @@ from typing import Any
 from ...errors import InvalidImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: every input suffix :func:`open_image` reads (zarr stores are folders, usually named ``*.zarr``)
+INPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr", *PLAIN_SUFFIXES, ".npy")
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,43 @@ def open_image(path: str | os.PathLike) -> LazyImage:
         return open_tiff(p)
     if p.is_dir() or p.suffix.lower() == ".zarr":
         return open_zarr(p)
+    if p.suffix.lower() in PLAIN_SUFFIXES:
+        return open_plain(p)
+    if p.suffix.lower() == ".npy":
+        return open_npy(p)
     raise InvalidImageError(
-        f"Cannot read {p}: napari-sam opens TIFF/OME-TIFF files ({', '.join(TIFF_SUFFIXES)}) and zarr/OME-Zarr "
-        "folders. Convert other formats first (e.g. with napari or bioformats)."
+        f"Cannot read {p}: napari-sam opens TIFF/OME-TIFF files ({', '.join(TIFF_SUFFIXES)}), zarr/OME-Zarr "
+        f"folders, plain images ({', '.join(PLAIN_SUFFIXES)}) and .npy arrays. Convert other formats first "
+        "(e.g. with napari or bioformats)."
     )
+
+
+def open_plain(path: str | os.PathLike) -> LazyImage:
+    """A PNG/JPEG image, read whole with Pillow: (H, W) grey or (H, W, 3|4) colour; palette images as RGB."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except Exception as e:  # Pillow raises many types for bad files
+        raise InvalidImageError(f"Cannot read image {path}: {type(e).__name__}: {e}") from e
+    return LazyImage(arr, (arr,), "yxs" if arr.ndim == 3 else "yx", str(path))
+
+
+def open_npy(path: str | os.PathLike) -> LazyImage:
+    """A ``.npy`` array, memory-mapped (never unpickled), axes unknown."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
+        raise InvalidImageError(f"Cannot read {path}: {type(e).__name__}: {e}") from e
+    return LazyImage(arr, (arr,), None, str(path))
 
 
 def open_tiff(path: str | os.PathLike) -> LazyImage:

@@ -172,16 +172,55 @@ def default_model_name() -> str:
     )
 
 
+def find_entry(name: str) -> ModelEntry | None:
+    """The registry entry called ``name`` (case-insensitive), or None."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        entry = next((e for e in REGISTRY.values() if e.name.lower() == name.lower()), None)
+    return entry
+
+
+def _close_names(name: str) -> list[str]:
+    import difflib
+
+    names = {e.name.lower(): e.name for e in REGISTRY.values()}
+    return [names[m] for m in difflib.get_close_matches(name.lower(), list(names), n=3, cutoff=0.6)]
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry called ``name``; :class:`UnknownModelError` (listing the names) if none."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(e.name for e in list_models())
-        raise UnknownModelError(
-            f"Unknown model {name!r}: it is neither a model of the zoo nor an existing file. "
-            f"Known models: {known}."
-        ) from None
+    """The registry entry called ``name`` (case-insensitive); :class:`UnknownModelError`
+    (with the closest names and the full list) if none."""
+    entry = find_entry(name)
+    if entry is not None:
+        return entry
+    close = _close_names(name)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    known = ", ".join(e.name for e in list_models())
+    raise UnknownModelError(
+        f"Unknown model {name!r}: it is neither a model of the zoo nor an existing file.{hint} "
+        f"Known models: {known}."
+    )
+
+
+def check_model(name_or_path: str | os.PathLike | None) -> None:
+    """Fail now, without loading anything, if :func:`load_model` could not find ``name_or_path``
+    (None: the default model): an unknown name (with "did you mean"), a missing file, or a
+    bundled model missing from this installation. Downloads are not attempted."""
+    if name_or_path is None:
+        name_or_path = default_model_name()
+    if isinstance(name_or_path, str) and find_entry(name_or_path) is not None:
+        entry = find_entry(name_or_path)
+        if entry.bundled and not entry.available:
+            weights_path(entry.name)  # raises, saying what to do
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return
+    if path.exists():
+        raise CheckpointError(f"Checkpoint {path} is a folder, not a file.")
+    if isinstance(name_or_path, os.PathLike) or path.suffix or len(path.parts) > 1:
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    get_entry(str(name_or_path))  # raises UnknownModelError
 
 
 def bundled_path(entry: ModelEntry) -> Path:
@@ -281,19 +320,16 @@ def load_model(
         DownloadError: the weights could not be fetched (offline, network, bad hash).
         CheckpointError: the file is missing, truncated, unsafe, or of another model type.
     """
-    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
-        entry = REGISTRY[name_or_path]
+    if isinstance(name_or_path, str) and find_entry(name_or_path) is not None:
+        entry = find_entry(name_or_path)
         arch = entry.architecture
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
         state = _read_zoo_weights(entry, progressbar)
         return _build(state, arch, f"Zoo model {entry.name!r}", device, precision)
 
+    check_model(name_or_path)  # a missing file or an unknown name (with "did you mean")
     path = Path(name_or_path).expanduser()
-    if not path.exists():
-        if isinstance(name_or_path, os.PathLike) or path.suffix or len(path.parts) > 1:
-            raise CheckpointError(f"Checkpoint file not found: {path}")
-        get_entry(str(name_or_path))  # raises UnknownModelError listing the names
     state = read_state_dict(path)
     if model_type is None:
         from ...model import guess_model_type
@@ -307,4 +343,4 @@ def load_model(
     return _build(state, model_type, f"Checkpoint {path}", device, precision)
 
 
-__all__ = ["REGISTRY", "ModelEntry", "get_entry", "list_models", "load_model", "weights_path"]
+__all__ = ["REGISTRY", "ModelEntry", "check_model", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]

@@ -103,9 +103,12 @@ def check_mask_input(mask_input: np.ndarray | None, expected_hw: tuple[int, int]
 def check_rowcol_prompts(points, labels, box, image_hw: tuple[int, int]):
     """Check prompts given in napari's (row, col) order on an (H, W) image.
 
-    Returns (points (N, 2) row/col float64 or None, labels (N,) int64 or None,
-    box (4,) row0, col0, row1, col1 or None); labels default to all positive.
+    Errors speak in (row, col), the frame the caller used. Returns (points (N, 2)
+    row/col float64 or None, labels (N,) int64 or None, box (4,) row0, col0, row1,
+    col1 or None); labels default to all positive.
     """
+    h, w = image_hw
+    extent = f"the image of {h} rows and {w} columns (valid row in [-0.5, {h - 0.5}], col in [-0.5, {w - 0.5}])"
     pts = lab = bx = None
     if points is not None:
         pts = np.asarray(points, dtype=np.float64)
@@ -115,7 +118,15 @@ def check_rowcol_prompts(points, labels, box, image_hw: tuple[int, int]):
             raise InvalidPromptError(f"points must have shape (N, 2) as (row, col); got {pts.shape}.")
         if labels is None:
             labels = np.ones(len(pts), dtype=np.int64)
-        xy, lab = check_points(rowcol_to_xy(pts), np.asarray(labels), image_hw)
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != pts.shape[0]:
+            raise InvalidPromptError(f"labels must have shape (N,) matching {pts.shape[0]} points; got {lab.shape}.")
+        _finite(pts, "points")
+        outside = (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > w - 0.5)
+        if outside.any():
+            bad = pts[outside][0]
+            raise InvalidPromptError(f"Point (row={bad[0]:g}, col={bad[1]:g}) lies outside {extent}.")
+        xy, lab = check_points(rowcol_to_xy(pts), lab, image_hw)
         pts = rowcol_to_xy(xy)
     elif labels is not None:
         raise InvalidPromptError("labels were given without points.")
@@ -123,6 +134,13 @@ def check_rowcol_prompts(points, labels, box, image_hw: tuple[int, int]):
         b = np.asarray(box, dtype=np.float64)
         if b.shape != (4,):
             raise InvalidPromptError(f"box must be (row0, col0, row1, col1); got shape {b.shape}.")
+        _finite(b, "box coordinates")
+        if b[2] < b[0] or b[3] < b[1]:
+            raise InvalidPromptError(
+                f"box must be (row0, col0, row1, col1) with row1 >= row0 and col1 >= col0; got {b.tolist()}."
+            )
+        if b[2] < -0.5 or b[0] > h - 0.5 or b[3] < -0.5 or b[1] > w - 0.5:
+            raise InvalidPromptError(f"box (row0, col0, row1, col1) = {b.tolist()} lies entirely outside {extent}.")
         xyb = check_box(rowcol_to_xy(b.reshape(2, 2)).reshape(4), image_hw)[0]
         bx = rowcol_to_xy(xyb.reshape(2, 2)).reshape(4)
     return pts, lab, bx
