@@ -36,23 +36,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def open_input(path: str):
-    """A lazy array for ``path``: TIFF/zarr via :mod:`napari_sam.engine.images.io`, .npy memory-mapped."""
-    from pathlib import Path
-
-    import numpy as np
-
+    """A lazy array for ``path`` (:func:`napari_sam.engine.images.io.open_image`; .npy memory-mapped)."""
     from ..engine.images.io import open_image
-    from ..errors import InvalidImageError
 
-    p = Path(path).expanduser()
-    if p.suffix.lower() == ".npy":
-        if not p.is_file():
-            raise InvalidImageError(f"Image file not found: {p}")
-        try:
-            return np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
-            raise InvalidImageError(f"Could not read {p}: {type(e).__name__}: {e}") from e
-    return open_image(p).data
+    return open_image(path).data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.progress import run_blocking
     from ..engine.prediction.segmenter import Segmenter
 
+    from ..engine.models.zoo import check_model
+    from ..engine.store.output_paths import refuse_overlap
+
+    refuse_overlap([args.cache], [args.input])  # the cache must not be written into (or around) the input
     data = open_input(args.input)
+    check_model(args.model)
     seg = Segmenter(
         model=args.model,
         device=args.device,

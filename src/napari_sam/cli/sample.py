@@ -20,14 +20,18 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
 
     from ..engine.store.atomic import atomic_write
-    from ..errors import InvalidPromptError
+    from ..engine.store.output_paths import check_output
+    from ..errors import InvalidOutputError, OutputExistsError
     from ..samples import synthetic_cells, synthetic_stack
 
     out = Path(args.out)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise InvalidOutputError(f"Cannot write the sample to {out}: it is written as TIFF; use a .tif or .tiff name.")
     labels_out = out.with_name(out.stem + "_labels" + out.suffix)
     for p in (out, labels_out):
+        check_output(p)
         if p.exists() and not args.overwrite:
-            raise InvalidPromptError(f"Output {p} exists; pass --overwrite to replace it.")
+            raise OutputExistsError(f"Output {p} exists; pass --overwrite to replace it.")
     image, labels = (synthetic_cells if args.kind == "cells" else synthetic_stack)(seed=args.seed)
     atomic_write(out, lambda tmp: tifffile.imwrite(tmp, image))
     atomic_write(labels_out, lambda tmp: tifffile.imwrite(tmp, labels))

@@ -328,9 +328,13 @@ def segment_stack(
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
 
+    Everything (input, output path, existing output, model) is checked before the output is
+    created; an output that is, contains or lies inside the input is refused even with ``overwrite``.
+
     Raises:
         OutputExistsError, BatchWriteError (``done_slices`` lists the intact slices),
-        InvalidImageError for an empty or unreadable input.
+        InvalidImageError for an empty or unreadable input, InvalidOutputError for an unusable
+        output path, UnknownModelError / CheckpointError for a model that cannot be found.
     """
     raw, source = _open_input(input)
     stack, rgb = as_stack(raw)
@@ -359,14 +363,11 @@ def segment_stack(
     store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
     # everything is checked before the output is created: the model too (loaded here; on a
     # cluster each worker loads it, so only its name or file is checked)
-    if client is not None:
-        if isinstance(seg, SliceSegmenterSpec):
-            from ..models.zoo import check_model
+    if isinstance(seg, SliceSegmenterSpec):
+        from ..models.zoo import check_model
 
-            check_model(seg.model)
-        fn = None
-    else:
-        fn = resolve(seg)
+        check_model(seg.model)  # a typo gets "did you mean" before anything is loaded or created
+    fn = None if client is not None else resolve(seg)
     store.open()
     done_before = store.done_slices()
     todo = [z for z in range(n_z) if z not in set(done_before)]

@@ -123,10 +123,13 @@ class EmbeddingStore:
         self._memory.clear()
         self._memory_bytes = 0
 
-    def _problem(self, message: str, exc: BaseException | None = None) -> None:
+    def _problem(self, message: str, fallback: str = "continuing with the in-memory cache only",
+                 exc: BaseException | None = None) -> None:
+        """Report a cache problem: raise (``on_error="raise"``: nothing continues, and the message says
+        how to fix it) or warn that the store carries on as ``fallback`` says."""
         if self.on_error == "raise":
-            raise CacheError(message) from exc
-        warnings.warn(message, CacheWarning, stacklevel=4)
+            raise CacheError(f"{message}. Choose a writable cache folder with free space, or free some.") from exc
+        warnings.warn(f"{message}; {fallback}.", CacheWarning, stacklevel=4)
 
     def open(
         self,
@@ -174,7 +177,7 @@ class EmbeddingStore:
             try:
                 group = self._create(path, expected)
             except OSError as e:
-                self._problem(f"Cannot create the embedding cache {path}: {e}; using the in-memory cache only.", e)
+                self._problem(f"Cannot create the embedding cache {path}: {e}", "using the in-memory cache only", e)
                 return
         self._group = group
         self._group_path = path
@@ -188,8 +191,8 @@ class EmbeddingStore:
             return True
         except OSError as e:
             self._problem(
-                f"The embedding cache folder {self.cache_dir} cannot be written ({e}); new embeddings are kept "
-                "in memory only (complete entries already there are still read).",
+                f"The embedding cache folder {self.cache_dir} cannot be written ({e})",
+                "new embeddings are kept in memory only (complete entries already there are still read)",
                 e,
             )
             return False
@@ -344,11 +347,8 @@ class EmbeddingStore:
                 self._group["complete"][key] = zlib.crc32(np.ascontiguousarray(data).tobytes()) + 1
             except OSError as e:
                 self._group = None
-                self._problem(
-                    f"Cannot write to the embedding cache {self._group_path} ({e}); continuing with the "
-                    "in-memory cache only.",
-                    e,
-                )
+                self._problem(f"Cannot write to the embedding cache {self._group_path} ({e})",
+                              "continuing with the in-memory cache only", e)
             emb = Embedding(torch.from_numpy(data.astype(np.float32))[None], emb.original_size, emb.input_size)
         self._remember(key, emb)
         return emb
