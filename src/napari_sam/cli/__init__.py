@@ -45,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: set to 1 to see the Python traceback of an unexpected error
+DEBUG_ENV = "NAPARI_SAM_DEBUG"
+
+
+def _one_line(message: object) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command. Exit status: 0 done, 2 a usage or input error, 3 a batch write error
+    (``segment``), 1 any other failure, 130 interrupted; every error is one line on stderr."""
+    import os
+
     from ..errors import NapariSamError
 
     parser = build_parser()
@@ -53,11 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except NapariSamError as e:
-        print(f"napari-sam: error: {e}", file=sys.stderr)
+        print(f"napari-sam: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("napari-sam: interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as e:  # disk full, permissions, out of memory: the message is the story
+        print(f"napari-sam: error: {_one_line(e) or type(e).__name__}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"napari-sam: unexpected error: {type(e).__name__}: {_one_line(e)} "
+              f"(set {DEBUG_ENV}=1 to see where it came from)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.automatic.label_image import MIN_OBJECT_AREA
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -34,7 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--points-per-side", type=int, default=32, help="prompt grid of the automatic segmentation")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88)
     p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--min-area", type=int, default=0, help="remove mask islands/holes smaller than this (px)")
+    p.add_argument("--min-area", type=int, default=MIN_OBJECT_AREA, metavar="PIXELS",
+                   help="leave out objects smaller than this, and clean mask islands/holes smaller than this "
+                        "(0 keeps everything)")
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidPromptError(f"--points-per-side must be >= 1; got {args.points_per_side}.")
     if args.tile is not None and min(args.tile) < 1:
         raise InvalidPromptError(f"--tile sizes must be positive; got {args.tile}.")
+    if args.min_area < 0:
+        raise InvalidPromptError(f"--min-area must be >= 0; got {args.min_area}.")
     if not 0 < args.link_iou <= 1:
         raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
     client = None

@@ -32,20 +32,42 @@ from ..errors import CheckpointError
 MICRO_SAM_PREFIX = "sam."
 
 
-def _load_weights_only(path: Path) -> object:
+def _pickled_objects(path: Path) -> str:
+    """What a checkpoint pickles besides tensors, e.g. ``"argparse.Namespace, numpy.dtype"`` (read without
+    unpickling them), or a general phrase when the file's layout does not allow listing them."""
+    try:
+        from torch.serialization import get_unsafe_globals_in_checkpoint
+
+        names = get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # older torch, or a legacy (non-zip) file
+        names = []
+    if not names:
+        return "Python objects other than tensors"
+    shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+    return f"pickled Python objects besides tensors ({shown})"
+
+
+def load_weights_only(path: str | os.PathLike, what: str = "Checkpoint") -> object:
+    """``torch.load`` on the CPU that unpickles nothing but tensors and plain containers.
+
+    Raises :class:`CheckpointError` naming what a refused file holds and how to export a plain
+    state dict from it, or saying that the file is corrupt or truncated.
+    """
+    path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"Refused to load {path}: it contains objects other than tensors, and napari-sam never "
-            f"unpickles arbitrary code. Re-save it as a plain state dict (for a micro-sam training "
-            f"checkpoint: micro_sam.util.export_custom_sam_model). ({str(e).splitlines()[0]})"
-        ) from e
+            f"Refused to load {what.lower()} {path}: it holds {_pickled_objects(path)}, and napari-sam reads "
+            "only tensors, never pickled code. Export a plain state dict of tensors from it where it was made "
+            "(torch.save(model.state_dict(), 'plain.pt'); for a micro-sam training checkpoint: "
+            "micro_sam.util.export_custom_sam_model) and load that file."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            f"Checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}). "
-            f"Delete it and download it again."
+            f"{what} {path} is corrupt or truncated ({type(e).__name__}: {first}). "
+            f"Delete it and download (or write) it again."
         ) from e
 
 
@@ -84,7 +106,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
-    return unwrap_state_dict(_load_weights_only(path), source=f"Checkpoint {path}")
+    return unwrap_state_dict(load_weights_only(path), source=f"Checkpoint {path}")
 
 
 def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:

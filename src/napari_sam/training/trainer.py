@@ -282,6 +282,41 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+STATE_KEYS = ("step", "model", "optimizer", "losses")
+
+
+def load_training_state(sp: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, list[float]]:
+    """Restore model and optimizer from the training-state file ``sp``; returns (step, losses).
+
+    Raises :class:`TrainingError` saying what is wrong with the file and how to go on.
+    """
+    from ..errors import CheckpointError
+    from ..model.checkpoint import load_weights_only
+
+    afresh = "start afresh with --overwrite (without --resume), or delete it"
+    try:
+        state = load_weights_only(sp, what="Training state")
+    except CheckpointError as e:
+        raise TrainingError(f"{e} To give up on that run instead: {afresh}.") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        have = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
+        raise TrainingError(f"{sp} is not a napari-sam training state (expected the entries {', '.join(STATE_KEYS)}; "
+                            f"found {have}); {afresh}.")
+    saved = state.get("config") or {}
+    if bool(saved.get("decoder_only", cfg.decoder_only)) != cfg.decoder_only:
+        raise TrainingError(
+            f"{sp} was written by a run with decoder_only={saved.get('decoder_only')}; resume with the same setting."
+        )
+    try:
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), [float(v) for v in state["losses"]]
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"{sp} does not fit this model and its settings ({first}); resume with the model and "
+                            f"settings of that run, or {afresh}.") from None
+
+
 def fine_tune(
     model,
     pairs: Sequence,
@@ -319,15 +354,7 @@ def fine_tune(
     start, losses = 0, []
     sp = state_path(out)
     if resume and sp.exists():
-        state = torch.load(sp, map_location="cpu", weights_only=True)
-        saved = state.get("config", {})
-        if bool(saved.get("decoder_only", cfg.decoder_only)) != cfg.decoder_only:
-            raise TrainingError(
-                f"{sp} was written by a run with decoder_only={saved.get('decoder_only')}; resume with the same setting."
-            )
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses = int(state["step"]), [float(v) for v in state["losses"]]
+        start, losses = load_training_state(sp, model, optimizer, cfg)
     model.train()
     if cfg.decoder_only:
         model.image_encoder.eval()

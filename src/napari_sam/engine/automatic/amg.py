@@ -81,7 +81,8 @@ class SamAutomaticMaskGenerator:
         crop_overlap_ratio: overlap of the first crop layer, as a fraction of the short image side.
         crop_n_points_downscale_factor: points per side in layer i are divided by this**i.
         point_grids: explicit (N, 2) (x, y) grids in [0, 1], one per crop layer.
-        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels, and
+            leave out of label images (:meth:`generate_labels`) objects with fewer visible pixels.
         output_mode: ``"binary_mask"`` ((H, W) bool), ``"uncompressed_rle"`` or ``"coco_rle"``
             (needs pycocotools).
     """
@@ -239,7 +240,7 @@ class SamAutomaticMaskGenerator:
         n = len(records)
         return paint_label_image(
             records["masks"] if n else [], records["boxes"].tolist() if n else [],
-            records["iou_preds"].tolist() if n else [], shape,
+            records["iou_preds"].tolist() if n else [], shape, self.min_mask_region_area,
         )
 
     def _tiled_labels_iter(self, image, intensity_limits, tile_shape, halo):
@@ -274,7 +275,7 @@ class SamAutomaticMaskGenerator:
                 masks.append(local)
                 boxes.append([box[0] + c0, box[1] + r0, box[2] + c0, box[3] + r0])
                 scores.append(score)
-        return paint_label_image(masks, boxes, scores, shape)
+        return paint_label_image(masks, boxes, scores, shape, self.min_mask_region_area)
 
     # ---- pipeline ------------------------------------------------------------------------------
     def _records_iter(self, image, intensity_limits, embedding):

@@ -16,6 +16,11 @@ import numpy as np
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
+#: default smallest object (pixels) of batch/command-line segmentation: smaller specks, e.g. slivers of
+#: overlapping masks, are dropped and smaller holes/islands of a mask are cleaned (``--min-area``)
+MIN_OBJECT_AREA = 64
+
+
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
     """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh``.
 
@@ -131,18 +136,20 @@ def _crop_to_content(mask: np.ndarray, x0: int, y0: int) -> tuple[np.ndarray, li
 
 
 def paint_label_image(
-    local_masks: Sequence[np.ndarray], boxes: Sequence[Sequence[int]], scores: Sequence[float], shape: tuple[int, int]
+    local_masks: Sequence[np.ndarray], boxes: Sequence[Sequence[int]], scores: Sequence[float], shape: tuple[int, int],
+    min_area: int = 0,
 ) -> np.ndarray:
     """Instance label image from box-local masks; where masks overlap, the higher score wins.
 
     Masks are painted in increasing score order, so a higher-scoring mask is
     painted last and keeps the overlap (ties: the later mask in the input wins).
-    Masks left with no pixel are dropped and ids renumbered 1..K without gaps,
-    in painting order (so id 1 is the lowest-scoring surviving mask).
+    Masks left with fewer than ``max(1, min_area)`` visible pixels (e.g. slivers
+    left over where larger masks overlap) are dropped and ids renumbered 1..K
+    without gaps, in painting order (so id 1 is the lowest-scoring surviving mask).
 
     Args:
         local_masks: N (h_i, w_i) bool arrays.  boxes: N inclusive (x0, y0, x1, y1).
-        scores: N floats.  shape: (H, W).
+        scores: N floats.  shape: (H, W).  min_area: smallest object kept, in pixels.
     Returns:
         (H, W) int32 label image, 0 = background.
     """
@@ -153,9 +160,10 @@ def paint_label_image(
         x0, y0 = int(boxes[i][0]), int(boxes[i][1])
         view = labels[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]]
         view[m] = new_id
-    present = np.unique(labels)
+    areas = np.bincount(labels.ravel(), minlength=len(order) + 1)
+    present = np.flatnonzero(areas >= max(1, int(min_area)))
     present = present[present > 0]
-    if present.size and present[-1] != present.size:
+    if present.size != len(order):
         lut = np.zeros(len(order) + 1, dtype=np.int32)
         lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
         labels = lut[labels]

@@ -43,6 +43,7 @@ import numpy as np
 
 from ...errors import BatchWriteError, InvalidImageError, InvalidOutputError, OutputExistsError
 from ..progress import Progress, run_blocking
+from ..automatic.label_image import MIN_OBJECT_AREA
 from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
 from ..volumes.stack_linking import StackLinker
 
@@ -307,7 +308,7 @@ def segment_stack(
     points_per_side: int = 32,
     pred_iou_thresh: float = 0.88,
     stability_score_thresh: float = 0.95,
-    min_mask_region_area: int = 0,
+    min_mask_region_area: int = MIN_OBJECT_AREA,
     precision: str | None = None,
     iou_threshold: float = 0.3,
 ) -> Generator[Progress, None, StackResult]:
@@ -323,7 +324,8 @@ def segment_stack(
         client: a ``dask.distributed.Client``: slices run as tasks on its workers.
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
-        points_per_side ... min_mask_region_area: automatic mask generation settings.
+        points_per_side ... min_mask_region_area: automatic mask generation settings; objects
+            smaller than ``min_mask_region_area`` pixels are left out (0 keeps every object).
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
