@@ -49,8 +49,13 @@ def run(args) -> int:
     from ..training.datasets import pairs_from_folders
     from ..training.trainer import TrainConfig, check_output, fine_tune
 
+    from ..engine.models.zoo import check_model
+    from ..engine.store.output_paths import check_output_folder
+
     out = Path(args.out)
+    check_output_folder(out)
     check_output(out, args.resume, args.overwrite)  # fail before loading anything
+    check_model(args.model)
     pairs = pairs_from_folders(args.images, args.labels)
     device = resolve_device(args.device)
     model = load_model(args.model, device=device, model_type=args.model_type)

@@ -1,0 +1,228 @@
+"""Data safety of the command line: outputs never destroy inputs, failures leave resumable states,
+files honour the umask, and nothing is created before everything is checked."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_sam.cli import main
+from napari_sam.engine.automatic import slice_segmenter
+from reference_models import two_disc_stack  # noqa: E402
+
+
+@pytest.fixture()
+def otsu_model(monkeypatch):
+    """The default SAM slice segmenter replaced by a classical one (the command's plumbing is under test)."""
+    built = []
+
+    def build(self):
+        built.append(self)
+        return slice_segmenter.otsu_labels
+
+    monkeypatch.setattr(slice_segmenter.SliceSegmenterSpec, "build", build)
+    slice_segmenter._CACHE.clear()
+    yield built
+    slice_segmenter._CACHE.clear()
+
+
+def _digest(path: Path) -> str:
+    """A hash of every file under ``path`` (names and bytes)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for f in files:
+        h.update(str(f.relative_to(path) if Path(path).is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _write_stack(path: Path, n_z: int = 2) -> np.ndarray:
+    img, _ = two_disc_stack(n_z, (40, 48))
+    if path.suffix == ".zarr":
+        zarr.save_array(str(path), img)
+    else:
+        tifffile.imwrite(path, img, photometric="minisblack")
+    return img
+
+
+# ---- case 8: an output never is, contains or lies inside the input ---------------------------------
+@pytest.mark.parametrize("case", ["same_zarr", "same_tiff", "symlink", "inside", "contains", "tiff_partial"])
+def test_segment_refuses_outputs_overlapping_the_input(tmp_path, otsu_model, capsys, case):
+    if case == "same_zarr":
+        inp = tmp_path / "in.zarr"
+        out = inp
+    elif case == "same_tiff":
+        inp = tmp_path / "in.tif"
+        out = inp
+    elif case == "symlink":
+        inp = tmp_path / "in.zarr"
+        out = tmp_path / "link.zarr"
+        out.symlink_to(inp)
+    elif case == "inside":
+        inp = tmp_path / "in.zarr"
+        out = inp / "labels.zarr"
+    elif case == "contains":
+        (tmp_path / "data.zarr").mkdir()
+        inp = tmp_path / "data.zarr" / "in.tif"
+        out = tmp_path / "data.zarr"
+    else:  # the TIFF output's side-car group would be the input
+        inp = tmp_path / "o.tif.partial.zarr"
+        out = tmp_path / "o.tif"
+    _write_stack(inp)
+    before = _digest(inp)
+    rc = main(["segment", str(inp), "--out", str(out), "--overwrite", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "destroy the input" in err and len(err.strip().splitlines()) == 1
+    assert _digest(inp) == before
+    assert not otsu_model  # refused before anything was built
+
+
+def test_predict_and_embed_refuse_to_write_over_the_input(tmp_path, tiny_checkpoint, capsys):
+    inp = tmp_path / "in.tif"
+    _write_stack(inp, 1)
+    before = _digest(inp)
+    rc = main(["predict", str(inp), "--out", str(inp), "--overwrite", "--point", "20", "20",
+               "--model", tiny_checkpoint])
+    assert rc == 2 and "destroy the input" in capsys.readouterr().err
+    zin = tmp_path / "in.zarr"
+    _write_stack(zin, 1)
+    zbefore = _digest(zin)
+    rc = main(["embed", str(zin), "--cache", str(zin / "cache"), "--model", tiny_checkpoint, "--quiet"])
+    assert rc == 2 and "destroy the input" in capsys.readouterr().err
+    assert _digest(inp) == before and _digest(zin) == zbefore
+
+
+# ---- case 9: completion is marked after the final write; failures resume -----------------------------
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_during_final_tiff_write_then_rerun_finishes(tmp_path, otsu_model, capsys, monkeypatch):
+    _write_stack(tmp_path / "in.tif", 3)
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif"), "--quiet"]
+    with monkeypatch.context() as m:
+        m.setattr(tifffile, "imwrite", _enospc)
+        assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "No space left" in err and "run the same command again" in err
+    assert not (tmp_path / "out.tif").exists() and (tmp_path / "out.tif.partial.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tif")]  # no temp file left
+    assert main(args) == 0  # space freed: the same command finishes the job
+    assert "3 slices kept from an earlier run" in capsys.readouterr().out
+    assert not (tmp_path / "out.tif.partial.zarr").exists()
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "fresh.tif"), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), tifffile.imread(tmp_path / "fresh.tif"))
+
+
+def test_tiff_written_but_group_not_removed_is_finished_again(tmp_path, otsu_model, capsys, monkeypatch):
+    from napari_sam.engine.batch import run as batch
+
+    _write_stack(tmp_path / "in.tif", 2)
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif"), "--quiet"]
+    with monkeypatch.context() as m:
+        m.setattr(batch, "_remove", _enospc)  # a crash right after the TIFF is in place
+        assert main(args) == 1
+    assert (tmp_path / "out.tif").exists() and (tmp_path / "out.tif.partial.zarr").exists()
+    assert main(args) == 0
+    assert not (tmp_path / "out.tif.partial.zarr").exists()
+
+
+def test_disk_full_while_creating_the_output_leaves_nothing(tmp_path, otsu_model, capsys, monkeypatch):
+    _write_stack(tmp_path / "in.tif", 2)
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
+    with monkeypatch.context() as m:
+        m.setattr(zarr.Group, "create_array", _enospc)
+        assert main(args) == 3
+    assert "Nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+    assert main(args) == 0
+
+
+def test_killed_while_creating_the_output_is_completed_by_the_rerun(tmp_path, otsu_model, capsys, monkeypatch):
+    _write_stack(tmp_path / "in.tif", 2)
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
+    real = zarr.Group.create_array
+    calls = []
+
+    def killed_after_first(self, *a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(zarr.Group, "create_array", killed_after_first)
+        assert main(args) == 130
+    assert (tmp_path / "o.zarr").exists()
+    assert main(args) == 0, capsys.readouterr().err
+    assert int(np.asarray(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["labels"]).max()) == 2
+
+
+# ---- case 11: everything is checked before any output exists ------------------------------------------
+def test_model_typo_creates_nothing_and_suggests_the_name(tmp_path, otsu_model, capsys):
+    _write_stack(tmp_path / "in.tif", 2)
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(out), "--model", "vit_bb", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'vit_b'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    # the corrected command is not "a different job": nothing was left behind
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(out), "--model", "VIT_B", "--quiet"]) == 0
+    assert otsu_model[-1].model == "VIT_B"
+
+
+def test_predict_model_typo_writes_nothing(tmp_path, capsys):
+    _write_stack(tmp_path / "in.tif", 1)
+    rc = main(["predict", str(tmp_path / "in.tif"), "--out", str(tmp_path / "m.tif"), "--point", "20", "20",
+               "--model", "tinny"])
+    assert rc == 2 and "Did you mean 'tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "m.tif").exists()
+
+
+# ---- case 12: outputs honour the umask ----------------------------------------------------------------
+@pytest.fixture(params=[0o022, 0o027], ids=["umask022", "umask027"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_outputs_honour_the_umask(tmp_path, tiny_checkpoint, otsu_model, umask):
+    want = 0o666 & ~umask
+    assert main(["sample", "cells", "--out", str(tmp_path / "cells.tif")]) == 0
+    assert _mode(tmp_path / "cells.tif") == want and _mode(tmp_path / "cells_labels.tif") == want
+    assert main(["segment", str(tmp_path / "cells.tif"), "--out", str(tmp_path / "labels.tif"), "--quiet"]) == 0
+    assert _mode(tmp_path / "labels.tif") == want
+    for suffix in (".tif", ".png", ".npy"):
+        out = tmp_path / f"mask{suffix}"
+        assert main(["predict", str(tmp_path / "cells.tif"), "--out", str(out), "--point", "60", "60",
+                     "--model", tiny_checkpoint]) == 0
+        assert _mode(out) == want, suffix
+
+
+# ---- case 14: a missing output folder is refused, not created ------------------------------------------
+def test_missing_output_folder_is_refused_not_created(tmp_path, tiny_checkpoint, otsu_model, capsys):
+    _write_stack(tmp_path / "in.tif", 1)
+    missing = tmp_path / "missing_dir"
+    for argv in (["predict", str(tmp_path / "in.tif"), "--out", str(missing / "x.tif"), "--point", "20", "20",
+                  "--model", tiny_checkpoint],
+                 ["segment", str(tmp_path / "in.tif"), "--out", str(missing / "x.tif"), "--quiet"],
+                 ["segment", str(tmp_path / "in.tif"), "--out", str(missing / "x.zarr"), "--quiet"],
+                 ["sample", "cells", "--out", str(missing / "x.tif")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "does not exist" in err and "create it first" in err
+        assert not missing.exists()
