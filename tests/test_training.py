@@ -192,7 +192,7 @@ def test_folders(tmp_path):
 
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
-    with pytest.raises(TrainingError, match="No TIFF"):
+    with pytest.raises(TrainingError, match="No images"):
         pairs_from_folders(tmp_path / "img", tmp_path / "lab")
     with pytest.raises(TrainingError, match="does not exist"):
         pairs_from_folders(tmp_path / "nope", tmp_path / "lab")
@@ -204,6 +204,25 @@ def test_folders(tmp_path):
     tifffile.imwrite(tmp_path / "img" / "orphan.tif", blob_pairs(1)[0][0])
     with pytest.raises(TrainingError, match="orphan"):
         pairs_from_folders(tmp_path / "img", tmp_path / "lab")
+
+
+def test_folders_of_png_and_jpeg_images(tmp_path):
+    from PIL import Image
+
+    from napari_sam.training.datasets import pairs_from_folders
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    (im0, lb0), (im1, lb1) = blob_pairs(2)
+    as8 = [(im / im.max() * 255).astype(np.uint8) for im in (im0, im1)]
+    Image.fromarray(as8[0]).save(tmp_path / "img" / "a.png")
+    Image.fromarray(as8[1]).save(tmp_path / "img" / "b.jpg", quality=95)
+    Image.fromarray(lb0.astype(np.uint8)).save(tmp_path / "lab" / "a.png")
+    Image.fromarray(lb1.astype(np.uint8)).save(tmp_path / "lab" / "b_labels.png")
+    pairs = pairs_from_folders(tmp_path / "img", tmp_path / "lab")
+    assert len(pairs) == 2
+    np.testing.assert_array_equal(pairs[0][1], lb0)
+    np.testing.assert_array_equal(pairs[1][1], lb1)
 
 
 def test_empty_dataset_raises(tmp_path):

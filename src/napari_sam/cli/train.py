@@ -16,10 +16,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="fine-tune a model on image + instance-label pairs",
-        description="Fine-tune SAM on your own labels (folders of TIFFs matched by file name).",
+        description="Fine-tune SAM on your own labels (folders of images and label images matched by file name).",
     )
-    p.add_argument("--images", required=True, help="folder of images (.tif/.tiff)")
-    p.add_argument("--labels", required=True, help="folder of instance labels, same file names (or <name>_labels.tif)")
+    p.add_argument("--images", required=True, help="folder of images (.tif/.tiff, .png, .jpg/.jpeg)")
+    p.add_argument("--labels", required=True,
+                   help="folder of instance labels (.tif/.tiff or .png), same file names (or <name>_labels.tif)")
     p.add_argument("--out", required=True, help="output checkpoint file (.pt)")
     p.add_argument("--model", default="tiny", help="zoo name or checkpoint path to start from (default: tiny)")
     p.add_argument("--model-type", default=None, help="architecture of a checkpoint path (detected if left out)")

@@ -18,6 +18,9 @@ from ..engine.images.normalize import to_uint8_rgb
 from ..model.transforms import ResizeLongestSide, get_preprocess_shape
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: image files read for training (the inputs of the other commands); labels must be lossless (no JPEG)
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
+LABEL_FILE_SUFFIXES = (*TIFF_SUFFIXES, ".png")
 # label file name endings tried when matching an image ``name.tif`` with its labels
 LABEL_SUFFIXES = ("", "_labels", "_label", "_masks", "_mask", "_seg", "_gt")
 
@@ -73,8 +76,14 @@ def pairs_from_arrays(images, labels) -> list[tuple[np.ndarray, np.ndarray]]:
     return [check_pair(im, lb, f"pair {i}") for i, (im, lb) in enumerate(zip(images, labels))]
 
 
-def _tiff_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+def _image_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _read(path: Path) -> np.ndarray:
+    from ..engine.images.io import open_image
+
+    return np.asarray(open_image(path).data)
 
 
 def _match_label_file(image: Path, by_stem: dict[str, Path]) -> Path | None:
@@ -85,30 +94,28 @@ def _match_label_file(image: Path, by_stem: dict[str, Path]) -> Path | None:
 
 
 def pairs_from_folders(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Validated pairs from two folders of TIFFs, matched by file name.
+    """Validated pairs from two folders of images (TIFF, PNG or JPEG; labels TIFF or PNG), matched by name.
 
     ``images/a.tif`` pairs with ``labels/a.tif`` (or ``a_labels.tif``, ``a_masks.tif``, ...).
     Images without labels are an error, so nothing is silently left out.
     """
-    import tifffile
-
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for d, what in ((images_dir, "images"), (labels_dir, "labels")):
         if not d.is_dir():
             raise TrainingError(f"The {what} folder {d} does not exist.")
-    image_files = _tiff_files(images_dir)
+    image_files = _image_files(images_dir)
     if not image_files:
-        raise TrainingError(f"No TIFF files (.tif/.tiff) in the images folder {images_dir}.")
-    label_files = {p.stem: p for p in _tiff_files(labels_dir)}
+        raise TrainingError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in the images folder {images_dir}.")
+    label_files = {p.stem: p for p in _image_files(labels_dir, LABEL_FILE_SUFFIXES)}
     if not label_files:
-        raise TrainingError(f"No TIFF files (.tif/.tiff) in the labels folder {labels_dir}.")
+        raise TrainingError(f"No label images ({', '.join(LABEL_FILE_SUFFIXES)}) in the labels folder {labels_dir}.")
     pairs, unmatched = [], []
     for f in image_files:
         lf = _match_label_file(f, label_files)
         if lf is None:
             unmatched.append(f.name)
             continue
-        pairs.append(check_pair(tifffile.imread(f), tifffile.imread(lf), f.name))
+        pairs.append(check_pair(_read(f), _read(lf), f.name))
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         raise TrainingError(
