@@ -226,3 +226,18 @@ def test_missing_output_folder_is_refused_not_created(tmp_path, tiny_checkpoint,
         err = capsys.readouterr().err
         assert "does not exist" in err and "create it first" in err
         assert not missing.exists()
+
+
+def test_model_names_are_case_insensitive_and_typos_get_suggestions():
+    from napari_sam.engine.models.zoo import check_model, get_entry, load_model
+    from napari_sam.errors import CheckpointError, UnknownModelError
+
+    assert get_entry("ViT_B").name == "vit_b"
+    assert load_model("TINY", device="cpu").image_encoder.img_size == load_model("tiny", device="cpu").image_encoder.img_size
+    with pytest.raises(UnknownModelError, match=r"Did you mean 'vit_b_lm'"):
+        get_entry("vit_b_ml")
+    with pytest.raises(UnknownModelError) as info:
+        check_model("zzzz")
+    assert "Did you mean" not in str(info.value) and "Known models" in str(info.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        check_model("missing/model.pt")
