@@ -45,10 +45,9 @@ def open_input(path: str):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..engine.progress import run_blocking
-    from ..engine.prediction.segmenter import Segmenter
-
     from ..engine.models.zoo import check_model
+    from ..engine.prediction.segmenter import Segmenter
+    from ..engine.progress import run_blocking
     from ..engine.store.output_paths import refuse_overlap
 
     refuse_overlap([args.cache], [args.input])  # the cache must not be written into (or around) the input

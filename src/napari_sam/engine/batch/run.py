@@ -165,7 +165,7 @@ class StackStore:
         old = self._existing_job(self.group_path) if self.group_path.exists() else None
         same = old is not None and old.get("job") == self.job
         if self.group_path.is_dir() and not any(self.group_path.iterdir()):
-            old, same, self._replace = None, False, True  # an empty folder left by a failed creation
+            self._replace = True  # an empty folder (e.g. left by a failed creation): nothing to lose
         elif self.group_path.exists():
             if self.overwrite:
                 self._replace = True

@@ -208,8 +208,8 @@ def check_model(name_or_path: str | os.PathLike | None) -> None:
     bundled model missing from this installation. Downloads are not attempted."""
     if name_or_path is None:
         name_or_path = default_model_name()
-    if isinstance(name_or_path, str) and find_entry(name_or_path) is not None:
-        entry = find_entry(name_or_path)
+    entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
+    if entry is not None:
         if entry.bundled and not entry.available:
             weights_path(entry.name)  # raises, saying what to do
         return
@@ -320,8 +320,8 @@ def load_model(
         DownloadError: the weights could not be fetched (offline, network, bad hash).
         CheckpointError: the file is missing, truncated, unsafe, or of another model type.
     """
-    if isinstance(name_or_path, str) and find_entry(name_or_path) is not None:
-        entry = find_entry(name_or_path)
+    entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
+    if entry is not None:
         arch = entry.architecture
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
