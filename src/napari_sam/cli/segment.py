@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stability-score-thresh", type=float, default=0.95)
     p.add_argument("--min-area", type=int, default=MIN_OBJECT_AREA, metavar="PIXELS",
                    help="leave out objects smaller than this, and clean mask islands/holes smaller than this "
-                        "(0 keeps everything)")
+                        "(default: %(default)s; 0 keeps everything)")
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
