@@ -282,7 +282,7 @@ class SamWidget(Container):
         def load():
             from ..engine.models.zoo import load_model
 
-            return load_model(source, device=device, precision=precision)
+            return load_model(source, device=device)  # the precision belongs to the predictor (set_model)
 
         def done(model):
             self._model_job = None

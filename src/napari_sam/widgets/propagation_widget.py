@@ -247,7 +247,7 @@ class PropagationWidget(Container):
             from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
 
             seg, _ = self._segmenter(image, name)
-            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)
+            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points, options=seg.options)
             return (yield from self._cancellable(
                 amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
 

@@ -49,6 +49,7 @@ from .mask_data import (
     masks_to_local,
 )
 from ..images.normalize import to_uint8_rgb
+from ..models.device import InferenceOptions
 from ..prediction.predictor import Embedding, SamPredictor
 from ..progress import Progress, run_blocking
 
@@ -84,6 +85,9 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels.
         output_mode: ``"binary_mask"`` ((H, W) bool), ``"uncompressed_rle"`` or ``"coco_rle"``
             (needs pycocotools).
+        options: how the model runs (device, precision, compile): pass the interactive
+            predictor's ``options`` so automatic runs use the precision the user chose;
+            ``None`` resolves the defaults (:meth:`InferenceOptions.resolve`).
     """
 
     def __init__(
@@ -102,6 +106,8 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        *,
+        options: InferenceOptions | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise InvalidParameterError(
@@ -151,7 +157,7 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area < 0:
             raise InvalidParameterError(f"min_mask_region_area must be >= 0, got {min_mask_region_area!r}.")
 
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, options=options)
         self.point_grids = grids
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh

@@ -55,12 +55,14 @@ class SliceSegmenterSpec:
     def build(self) -> SegmentSliceFn:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
         from .amg import SamAutomaticMaskGenerator
+        from ..models.device import InferenceOptions
         from ..models.zoo import default_model_name, load_model
 
-        model = load_model(self.model or default_model_name(), device=self.device, precision=self.precision,
-                           progressbar=False)
+        options = InferenceOptions.resolve(self.device, self.precision)
+        model = load_model(self.model or default_model_name(), device=options.device, progressbar=False)
         amg = SamAutomaticMaskGenerator(
             model,
+            options=options,
             points_per_side=self.points_per_side,
             pred_iou_thresh=self.pred_iou_thresh,
             stability_score_thresh=self.stability_score_thresh,
