@@ -18,6 +18,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ..errors import NapariSamError
+from ..engine.automatic.settings import DEFAULTS, AutoSettings
 from .workers import Job, start_generator_job
 
 FROM_FILE = "from file..."
@@ -40,7 +41,7 @@ class BatchWidget(Container):
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self._model = ComboBox(label="model", choices=self._model_choices)
         self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
-        self._points = SpinBox(label="points per side", min=1, max=128, value=32)
+        self._points = SpinBox(label="points per side", min=1, max=128, value=DEFAULTS.points_per_side)
         self._output = FileEdit(label="output (.zarr/.tif)", mode="w", filter="*.zarr *.tif *.tiff")
         self._overwrite = CheckBox(text="overwrite existing output", value=False)
         self._run = PushButton(text="Segment stack")
@@ -128,9 +129,12 @@ class BatchWidget(Container):
         self._status.value = f"segmenting {layer.name} -> {output}"
         self._run.enabled, self._cancel.enabled = False, True
 
+
+        settings = None if self.segment_slice is not None else AutoSettings(points_per_side=int(self._points.value))
+
         def make_gen():
             return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),
-                                 segment_slice=self.segment_slice, points_per_side=int(self._points.value))
+                                 segment_slice=self.segment_slice, settings=settings)
 
         self._job = start_generator_job(
             make_gen, description=f"napari-sam: segmenting {layer.name}",

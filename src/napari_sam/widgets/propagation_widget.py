@@ -21,6 +21,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
 from ..errors import InvalidImageError, NapariSamError
+from ..engine.automatic.settings import DEFAULTS, AutoSettings
 from .workers import Job, start_generator_job
 
 DIRECTIONS = {"both": (1, -1), "up (+z)": (1,), "down (-z)": (-1,)}
@@ -51,7 +52,7 @@ class PropagationWidget(Container):
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
         self._model = ComboBox(label="model", choices=self._model_choices)
-        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=32)
+        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side)
         self._direction = ComboBox(label="from here", choices=list(DIRECTIONS), value="both")
         self._through = PushButton(text="Propagate object through z")
         self._from_here = PushButton(text="Propagate from here")
@@ -238,7 +239,8 @@ class PropagationWidget(Container):
             return self._refuse(e)
         from ..adapters.layer_data import layer_array
 
-        name, points = self._model.value, int(self._points.value)
+
+        name, settings = self._model.value, AutoSettings(points_per_side=int(self._points.value))
 
         def make_gen():
             if self.segment_slice is not None:
@@ -247,9 +249,9 @@ class PropagationWidget(Container):
             from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
 
             seg, _ = self._segmenter(image, name)
-            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points, options=seg.options)
+            amg = SamAutomaticMaskGenerator.from_settings(seg.model, settings, options=seg.options)
             return (yield from self._cancellable(
-                amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
+                amg.label_slice_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
 
         def done(result):
             if result is None:

@@ -35,15 +35,16 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidImageError, OutputExistsError
+from ...errors import BatchWriteError, InvalidImageError, InvalidParameterError, OutputExistsError
 from ..progress import Progress, run_blocking
-from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
+from ..automatic.settings import DEFAULTS, AutoSettings
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve, tiled
 from ..volumes.stack_linking import StackLinker
 
 JOB_KEY = "napari_sam_job"
@@ -84,20 +85,20 @@ def _open_input(input: Any) -> tuple[Any, StackSource]:
 def as_stack(arr: Any) -> tuple[Any, bool]:
     """Interpret an array as a stack of 2D slices. Returns (array, rgb).
 
-    (H, W) -> one slice; (H, W, 3|4) -> one RGB slice; (Z, H, W); (Z, H, W, 3|4).
+    (H, W) -> one slice; (H, W, 3|4) -> one RGB slice; (Z, H, W); (Z, H, W, 3|4)
+    (the colour guess is :func:`~napari_sam.engine.images.image_slices.guess_rgb`'s).
     A 2D image is treated as a stack of one slice (the result then has Z = 1).
     """
+    from ..images.image_slices import guess_rgb
+
     shape = tuple(arr.shape)
     if 0 in shape:
         raise InvalidImageError(f"The input stack of shape {shape} is empty.")
-    if len(shape) == 2:
-        return np.asarray(arr)[None], False  # one slice: read it (zarr arrays cannot add an axis lazily)
-    if len(shape) == 3 and shape[-1] in (3, 4) and shape[-2] > 4:
-        return np.asarray(arr)[None], True
-    if len(shape) == 3:
-        return arr, False
-    if len(shape) == 4 and shape[-1] in (3, 4):
-        return arr, True
+    rgb = guess_rgb(shape)
+    if len(shape) == 2 or (len(shape) == 3 and rgb):
+        return np.asarray(arr)[None], rgb  # one slice: read it (zarr arrays cannot add an axis lazily)
+    if len(shape) == 3 or (len(shape) == 4 and rgb):
+        return arr, rgb
     raise InvalidImageError(
         f"Cannot read an input of shape {shape} as a z-stack: expected (Z, H, W), (Z, H, W, 3|4) or a 2D image."
     )
@@ -259,10 +260,7 @@ def segment_stack(
     overwrite: bool = False,
     client: Any = None,
     segment_slice: SegmentSliceFn | None = None,
-    points_per_side: int = 32,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    min_mask_region_area: int = 0,
+    settings: AutoSettings | None = None,
     precision: str | None = None,
     iou_threshold: float = 0.3,
 ) -> Generator[Progress, None, StackResult]:
@@ -273,12 +271,15 @@ def segment_stack(
         output: ``.zarr`` (a group, see the module docstring) or ``.tif``/``.tiff``.
         model: zoo name or checkpoint path for the default SAM slice segmenter
             (None: :func:`~napari_sam.engine.models.zoo.default_model_name`).
-        tile: (rows, cols) tiles for large slices.  device/precision: for the model.
+        tile: (rows, cols) tiles for large slices (for SAM the same as ``settings.tile_shape``:
+            tiled by the automatic mask generator; for ``segment_slice``, :func:`tiled`).
+        device/precision: how the model runs (resolved where it is built).
         overwrite: replace an existing output instead of refusing / resuming.
         client: a ``dask.distributed.Client``: slices run as tasks on its workers.
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
-        points_per_side ... min_mask_region_area: automatic mask generation settings.
+        settings: :class:`~napari_sam.engine.automatic.settings.AutoSettings` of the SAM slice
+            segmenter (None: the defaults).
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
@@ -293,21 +294,18 @@ def segment_stack(
         raw = stack  # in-memory 2D input: send the added slice axis along
     n_z, h, w = (int(s) for s in stack.shape[:3])
     if segment_slice is None:
-        limits = None
-        if np.dtype(stack.dtype) != np.uint8:
-            from ..images.normalize import intensity_range
+        from ..images.image_slices import ImageSlices
 
-            picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 8)).astype(int))
-            limits = tuple(float(v) for v in intensity_range(np.stack([np.asarray(stack[int(z)]) for z in picks])))
+        settings = _with_tile(settings if settings is not None else DEFAULTS, tile)
+        tile = settings.tile_shape
         seg: SegmentSliceFn | SliceSegmenterSpec = SliceSegmenterSpec(
-            model=None if model is None else str(model), device=device, precision=precision,
-            points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),
-            stability_score_thresh=float(stability_score_thresh), min_mask_region_area=int(min_mask_region_area),
-            intensity_limits=limits, tile=None if tile is None else (int(tile[0]), int(tile[1])),
+            model=None if model is None else str(model), device=device, precision=precision, settings=settings,
+            intensity_limits=ImageSlices(stack, rgb=rgb).intensity_limits(),
         )
     else:
-        from ..automatic.slice_segmenter import tiled
-
+        if settings is not None:
+            raise InvalidParameterError("settings are for SAM's automatic segmentation; a segment_slice "
+                                        "callable takes none (give one or the other).")
         seg = tiled(segment_slice, tile) if tile else segment_slice
     job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
@@ -338,6 +336,16 @@ def segment_stack(
     n_objects = yield from store.link(iou_threshold)
     path = store.finish(n_objects)
     return StackResult(path, n_objects, n_z, len(done_before))
+
+
+def _with_tile(settings: AutoSettings, tile) -> AutoSettings:
+    """``settings`` with ``tile`` as its tile shape; a different tile in both is refused."""
+    if tile is None:
+        return settings
+    if settings.tile_shape is not None and tuple(settings.tile_shape) != tuple(int(t) for t in tile):
+        raise InvalidParameterError(f"tile={tuple(tile)} and settings.tile_shape={settings.tile_shape} disagree; "
+                                    "give the tile shape once.")
+    return replace(settings, tile_shape=tile)
 
 
 def _ranges(zs: list[int]) -> str:

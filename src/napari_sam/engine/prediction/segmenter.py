@@ -36,7 +36,7 @@ from .predictor import Embedding, SamPredictor
 from ..progress import Progress, run_blocking
 from .prompts import check_rowcol_prompts
 from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
-from .tiling import Tile, TileGrid, check_tiling
+from .tiling import Tile, TileGrid, check_tiling, default_halo
 
 def _resolve_model(model: Any, device):
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
@@ -124,10 +124,7 @@ class Segmenter:
         elif tile is None:
             tile = (self.input_size, self.input_size)
         halo = self._halo_setting
-        if halo is None:
-            t = tile if not np.isscalar(tile) else (tile, tile)
-            halo = (int(t[0]) // 8, int(t[1]) // 8)
-        return check_tiling(tile, halo)
+        return check_tiling(tile, default_halo(tile) if halo is None else halo)
 
     def _validate_tiling_setting(self) -> None:
         if isinstance(self._tile_setting, str) and self._tile_setting != "full":
