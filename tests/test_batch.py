@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_sam.engine.batch import run as batch
+from napari_sam.engine.batch import stack_store as batch
 from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking
 from napari_sam.engine.progress import run_blocking
 from napari_sam.engine.automatic.settings import AutoSettings

@@ -72,7 +72,7 @@ def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypat
     img, _ = _stack(4)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
-    from napari_sam.engine.batch import run as batch
+    from napari_sam.engine.batch import stack_store as batch
 
     real = batch.write_slice
 
@@ -106,7 +106,7 @@ def test_bad_arguments(tmp_path, otsu_model, capsys):
 
 
 def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeypatch):
-    from napari_sam.engine.batch import run as batch
+    from napari_sam.engine.batch import stack_store as batch
     from napari_sam.errors import BatchWriteError
 
     img, _ = _stack(3)

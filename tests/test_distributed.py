@@ -11,7 +11,8 @@ distributed = pytest.importorskip("distributed")
 
 from napari_sam.engine.automatic import slice_segmenter  # noqa: E402
 from napari_sam.engine.automatic.settings import AutoSettings  # noqa: E402
-from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking, write_slice  # noqa: E402
+from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking  # noqa: E402
+from napari_sam.engine.batch.stack_store import write_slice  # noqa: E402
 from napari_sam.engine.automatic.slice_segmenter import SliceSegmenterSpec, build_cached, otsu_labels  # noqa: E402
 from reference_models import two_disc_stack  # noqa: E402
 

@@ -31,9 +31,7 @@ complete, belongs to another job, or is not ours is refused with
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,190 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidImageError, InvalidParameterError, OutputExistsError
-from ..progress import Progress, run_blocking
+from ...errors import BatchWriteError, InvalidParameterError
 from ..automatic.settings import DEFAULTS, AutoSettings
-from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve, tiled
-from ..volumes.stack_linking import StackLinker
-
-JOB_KEY = "napari_sam_job"
-FORMAT = "napari-sam-stack/1"
-
-
-# ---- input ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StackSource:
-    """Where the input stack lives: a file path (TIFF/OME-TIFF or zarr/OME-Zarr), or None for an
-    in-memory array. Picklable, so a Dask worker can open the file itself."""
-
-    path: str | None
-
-    def open(self) -> Any:
-        """The full-resolution array, lazy (:func:`napari_sam.engine.images.io.open_image`)."""
-        from ..images.io import open_image
-
-        return open_image(self.path).data
-
-
-def _open_input(input: Any) -> tuple[Any, StackSource]:
-    if isinstance(input, (str, os.PathLike)):
-        from ..images.io import TIFF_SUFFIXES
-
-        p = Path(input).expanduser()
-        if not p.exists():
-            raise InvalidImageError(f"Input {p} does not exist.")
-        if p.suffix.lower() not in (*TIFF_SUFFIXES, ".zarr"):
-            raise InvalidImageError(f"Input {p}: expected a TIFF file (.tif, .tiff) or a .zarr store.")
-        source = StackSource(str(p.resolve()))
-        return source.open(), source
-    if not hasattr(input, "shape"):
-        input = np.asarray(input)
-    return input, StackSource(None)
-
-
-def as_stack(arr: Any) -> tuple[Any, bool]:
-    """Interpret an array as a stack of 2D slices. Returns (array, rgb).
-
-    (H, W) -> one slice; (H, W, 3|4) -> one RGB slice; (Z, H, W); (Z, H, W, 3|4)
-    (the colour guess is :func:`~napari_sam.engine.images.image_slices.guess_rgb`'s).
-    A 2D image is treated as a stack of one slice (the result then has Z = 1).
-    """
-    from ..images.image_slices import guess_rgb
-
-    shape = tuple(arr.shape)
-    if 0 in shape:
-        raise InvalidImageError(f"The input stack of shape {shape} is empty.")
-    rgb = guess_rgb(shape)
-    if len(shape) == 2 or (len(shape) == 3 and rgb):
-        return np.asarray(arr)[None], rgb  # one slice: read it (zarr arrays cannot add an axis lazily)
-    if len(shape) == 3 or (len(shape) == 4 and rgb):
-        return arr, rgb
-    raise InvalidImageError(
-        f"Cannot read an input of shape {shape} as a z-stack: expected (Z, H, W), (Z, H, W, 3|4) or a 2D image."
-    )
-
-
-def _fingerprint(stack: Any, source: StackSource) -> dict:
-    """Identify the input cheaply: path, shape, dtype and a hash of sampled pixels
-    (:func:`napari_sam.engine.store.fingerprint.image_fingerprint`)."""
-    from ..store.fingerprint import image_fingerprint
-
-    return {"path": source.path, "shape": list(stack.shape), "dtype": str(stack.dtype),
-            "pixels": image_fingerprint(stack)}
-
-
-# ---- output store -----------------------------------------------------------------------------
-def write_slice(group_path: str, z: int, labels: np.ndarray) -> None:
-    """Write slice ``z`` (whole chunk) to ``slices``, then set its ``done`` record. Idempotent."""
-    import zarr
-
-    try:
-        g = zarr.open_group(group_path, mode="r+")
-        g["slices"][z] = np.asarray(labels, dtype=np.int32)
-        g["done"][z] = 1
-    except OSError as e:
-        raise BatchWriteError(f"Writing slice {z} to {group_path} failed: {e}") from e
-
-
-class StackStore:
-    """The zarr group holding a job's slices, records and linked labels (see the module docstring)."""
-
-    def __init__(self, output: str | os.PathLike, job: dict, shape: tuple[int, int, int], overwrite: bool) -> None:
-        self.output = Path(output).expanduser()
-        suffix = self.output.suffix.lower()
-        if suffix not in (".zarr", ".tif", ".tiff"):
-            raise InvalidImageError(f"Output {self.output}: expected a .zarr, .tif or .tiff path.")
-        self.is_tiff = suffix != ".zarr"
-        self.group_path = self.output.with_name(self.output.name + ".partial.zarr") if self.is_tiff else self.output
-        self.job = json.loads(json.dumps({**job, "format": FORMAT}))  # as stored (tuples -> lists)
-        self.shape = tuple(int(s) for s in shape)
-        self._open(overwrite)
-
-    def _existing_job(self, path: Path) -> dict | None:
-        import zarr
-
-        try:
-            return dict(zarr.open_group(str(path), mode="r").attrs).get(JOB_KEY)
-        except Exception:  # not a zarr group at all
-            return None
-
-    def _open(self, overwrite: bool) -> None:
-        import zarr
-
-        if self.is_tiff and self.output.exists() and not overwrite:
-            raise OutputExistsError(f"Output {self.output} exists; pass --overwrite / overwrite=True to replace it.")
-        self.resumed = False
-        if self.group_path.exists():
-            old = self._existing_job(self.group_path)
-            same = old is not None and old.get("job") == self.job
-            if same and not old.get("complete") and not overwrite:
-                self.resumed = True
-            elif not overwrite:
-                why = ("holds a finished result of this job" if same else
-                       "holds the output of a different job" if old is not None else "is not a napari-sam output")
-                raise OutputExistsError(
-                    f"Output {self.group_path} exists and {why}; pass --overwrite / overwrite=True to replace it."
-                )
-            else:
-                _remove(self.group_path)
-        if self.resumed:
-            self.group = zarr.open_group(str(self.group_path), mode="r+")
-            return
-        try:
-            g = zarr.open_group(str(self.group_path), mode="w")
-            z, h, w = self.shape
-            g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
-            g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
-            g.attrs[JOB_KEY] = {"job": self.job, "complete": False}
-        except OSError as e:
-            raise BatchWriteError(f"Cannot create the output {self.group_path}: {e}") from e
-        self.group = g
-
-    def done_slices(self) -> list[int]:
-        return [int(i) for i in np.flatnonzero(self.group["done"][:])]
-
-    def write_slice(self, z: int, labels: np.ndarray) -> None:
-        write_slice(str(self.group_path), z, labels)
-
-    def link(self, iou_threshold: float) -> Generator[Progress, None, int]:
-        """Link all slices into ``labels``; a progress generator returning the number of 3D objects."""
-        z_n, h, w = self.shape
-        try:
-            out = self.group.create_array("labels", shape=(z_n, h, w), chunks=(1, h, w), dtype="int32",
-                                          fill_value=0, overwrite=True)
-            linker = StackLinker(iou_threshold)
-            slices = self.group["slices"]
-            for z in range(z_n):
-                out[z] = linker.link(slices[z])
-                yield Progress(z + 1, z_n, f"linking slice {z}")
-        except OSError as e:
-            raise BatchWriteError(f"Writing the linked labels to {self.group_path} failed: {e}",
-                                  self.done_slices()) from e
-        return linker.next_id - 1
-
-    def finish(self, n_objects: int) -> Path:
-        """Mark complete; for a TIFF output write it atomically and drop the partial group."""
-        try:
-            self.group.attrs[JOB_KEY] = {"job": self.job, "complete": True, "n_objects": int(n_objects)}
-            if not self.is_tiff:
-                return self.output
-            import tifffile
-
-            from ..store.atomic import atomic_path
-
-            with atomic_path(self.output) as tmp:
-                tifffile.imwrite(tmp, np.asarray(self.group["labels"][:]), photometric="minisblack", compression="zlib")
-        except OSError as e:
-            raise BatchWriteError(f"Writing the final output {self.output} failed: {e}", self.done_slices()) from e
-        _remove(self.group_path)
-        return self.output
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, tiled
+from ..progress import Progress, run_blocking
+from .stack_store import StackStore, as_stack, input_fingerprint, open_input, resumable, segment_and_write
 
 
 # ---- the job ----------------------------------------------------------------------------------
@@ -288,7 +107,7 @@ def segment_stack(
         OutputExistsError, BatchWriteError (``done_slices`` lists the intact slices),
         InvalidImageError for an empty or unreadable input.
     """
-    raw, source = _open_input(input)
+    raw, source = open_input(input)
     stack, rgb = as_stack(raw)
     if source.path is None and len(raw.shape) != len(stack.shape):
         raw = stack  # in-memory 2D input: send the added slice axis along
@@ -307,7 +126,7 @@ def segment_stack(
             raise InvalidParameterError("settings are for SAM's automatic segmentation; a segment_slice "
                                         "callable takes none (give one or the other).")
         seg = tiled(segment_slice, tile) if tile else segment_slice
-    job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
+    job = {"input": input_fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite)
     done_before = store.done_slices()
@@ -317,21 +136,14 @@ def segment_stack(
     if client is not None:
         from .distributed import run_slices
 
-        yield from run_slices(client, seg, source, raw if source.path is None else None, rgb,
+        yield from run_slices(client, seg, source, raw if source.path is None else None,
                               str(store.group_path), todo, n_z, len(done_before), store.done_slices)
     else:
-        fn = resolve(seg)
         for i, z in enumerate(todo):
-            image = np.asarray(stack[z])
-            labels = np.asarray(fn(image))
-            if labels.shape != (h, w):
-                raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
-                                        f"expected {(h, w)}.")
             try:
-                store.write_slice(z, labels)
+                segment_and_write(seg, np.asarray(stack[z]), z, str(store.group_path))
             except BatchWriteError as e:
-                raise BatchWriteError(f"{e}. Slices finished and intact: {_ranges(store.done_slices())}; "
-                                      f"run again (without overwrite) to resume.", store.done_slices()) from e
+                raise resumable(e, store.done_slices()) from e
             yield Progress(len(done_before) + i + 1, n_z, f"segmented slice {z}")
     n_objects = yield from store.link(iou_threshold)
     path = store.finish(n_objects)
@@ -346,21 +158,6 @@ def _with_tile(settings: AutoSettings, tile) -> AutoSettings:
         raise InvalidParameterError(f"tile={tuple(tile)} and settings.tile_shape={settings.tile_shape} disagree; "
                                     "give the tile shape once.")
     return replace(settings, tile_shape=tile)
-
-
-def _ranges(zs: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5' (or 'none')."""
-    if not zs:
-        return "none"
-    out, start, prev = [], zs[0], zs[0]
-    for z in zs[1:] + [None]:
-        if z is not None and z == prev + 1:
-            prev = z
-            continue
-        out.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if z is not None:
-            start = prev = z
-    return ", ".join(out)
 
 
 def segment_stack_blocking(
