@@ -197,9 +197,9 @@ def test_tiny_model_end_to_end_and_controller_segmenter_is_reused(make_napari_vi
     ctl.set_image_layer(viewer.layers["stack"])
     w._refresh()
     assert "my_tiny.pt" in w._model.choices  # the main widget's model is offered
-    w.model = None
-    assert w._segmenter(viewer.layers["stack"], "my_tiny.pt")[0] is ctl.segmenter
-    assert w._segmenter(viewer.layers["stack"], "my_tiny.pt")[1] is not None  # predictions take its lock
+    w.session.model = None
+    assert w.session.segmenter(viewer.layers["stack"], "my_tiny.pt")[0] is ctl.segmenter
+    assert w.session.segmenter(viewer.layers["stack"], "my_tiny.pt")[1] is not None  # predictions take its lock
 
 
 def test_module_import_does_not_import_torchvision():
@@ -231,7 +231,7 @@ def test_write_skips_voxels_edited_during_the_run_and_foreign_ids(make_napari_vi
     after[4, 30:32, 30:32] = 2  # an id the run was not asked for: must not be written
     labels.data_setitem((np.array([4]), np.array([10]), np.array([10])), 5)  # the user paints meanwhile
     index = np.nonzero(before != after)
-    n = w._write(labels, index, before[index], after[index], {1})
+    n = w.session.write_diff(labels, (index, before[index], after[index]), {1})
     data = np.asarray(labels.data)
     assert n == 15 and data[4, 10, 10] == 5 and (data[4, 10:14, 11:14] == 1).all()
     assert not (data == 2).any()

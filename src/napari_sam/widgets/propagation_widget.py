@@ -7,10 +7,11 @@ When a run ends (or is cancelled: slices done so far are kept) the changed voxel
 the GUI thread with ``Labels.data_setitem`` inside ``Labels.block_history()``: one Ctrl+Z undoes
 the run. Only the run's ids (and background) change; voxels edited by the user meanwhile are kept.
 
-When napari-sam's main widget (the per-viewer controller of :mod:`napari_sam.adapters`) holds the
-picked model for the same image, its :class:`~napari_sam.engine.prediction.segmenter.Segmenter` is reused
-(shared slice embeddings); otherwise this widget keeps its own. torchvision is imported only in the
-worker of "Segment this slice automatically", never at module import.
+The runs, the choice of segmenter (the main widget's when it holds the picked model for the same
+image: shared slice embeddings) and the writes live in
+:class:`~napari_sam.adapters.propagation_session.PropagationSession` (``self.session``); this widget
+reads its controls, starts the runs in workers and shows the outcome. torchvision is imported only in
+the worker of "Segment this slice automatically", never at module import.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ class PropagationWidget(Container):
 
     def __init__(self, napari_viewer: Any, predict_fn: Any = None, segment_slice: Any = None, model: Any = None):
         super().__init__(labels=True)
+        from ..adapters.propagation_session import PropagationSession
+
         self._viewer = napari_viewer
-        self.predict_fn, self.segment_slice, self.model = predict_fn, segment_slice, model
+        self.session = PropagationSession(napari_viewer, predict_fn=predict_fn, segment_slice=segment_slice,
+                                          model=model)
         self._job: Job | None = None
-        self._stop = False
         self._busy = False
-        self._seg: tuple[Any, Any] | None = None  # ((model name, image layer id), Segmenter)
         self._watched = None
 
         self._image = ComboBox(label="image (3D)", choices=self._image_choices, nullable=True)
@@ -150,41 +152,6 @@ class PropagationWidget(Container):
         check_target(labels, image)
         return image, labels, int(displayed_slice_key(self._viewer, image)[0])
 
-    def _segmenter(self, image: Any, name: str | None) -> tuple[Any, Any]:
-        """(Segmenter of model ``name`` holding ``image``'s array, a ``busy()`` context-manager factory
-        guarding it, or None); may load the model."""
-        from ..adapters.layer_data import is_rgb, layer_array, unwrap
-        from ..adapters.registry import get_controller
-
-        ctl = get_controller(self._viewer, create=False)
-        if (self.model is None and ctl is not None and ctl.segmenter is not None
-                and ctl.image_layer is unwrap(image) and ctl.model_name == name):
-            return ctl.segmenter, ctl.busy
-        key = (name if self.model is None else id(self.model), id(unwrap(image)), id(layer_array(image)))
-        if self._seg is None or self._seg[0] != key:
-            from ..engine.prediction.segmenter import Segmenter
-
-            seg = Segmenter(model=self.model if self.model is not None else name)
-            seg.set_image(layer_array(image), rgb=is_rgb(image))
-            self._seg = (key, seg)
-        return self._seg[1], None
-
-    def _predictor(self, image: Any, name: str | None) -> Any:
-        if self.predict_fn is not None:
-            return self.predict_fn
-        from ..engine.volumes.propagation import segmenter_predict_fn
-
-        seg, busy = self._segmenter(image, name)
-        fn = segmenter_predict_fn(seg)
-        if busy is None:
-            return fn
-
-        def locked(z, prompt):
-            with busy():
-                return fn(z, prompt)
-
-        return locked
-
     # ---- actions ------------------------------------------------------------------------------
     def propagate_object(self, directions: tuple[int, ...] = (1, -1)) -> Job | None:
         """Propagate the object 'object id' from the displayed slice (replacing it beyond that slice)."""
@@ -202,29 +169,19 @@ class PropagationWidget(Container):
         return self._propagate(ids, (1, -1))
 
     def _propagate(self, ids: list[int], directions: tuple[int, ...]) -> Job | None:
-        from ..engine.volumes.propagation import propagate, seeds_from_labels
-
         if self.running:
             return self._job
         try:
             image, labels, z = self._layers_and_slice()
-            before = np.array(labels.data)
-            seeds = seeds_from_labels(before, ids, z)
+            make_gen = self.session.propagate(image, np.asarray(labels.data), z, ids, directions, self._model.value)
         except NapariSamError as e:
             return self._refuse(e)
-        work = before.copy()  # filled in place by propagate(); partial results survive a cancel
-        name = self._model.value  # widget values are read here, on the GUI thread
-
-        def make_gen():  # runs in the worker, the diff too
-            gen = propagate(self._predictor(image, name), seeds, labels=work, directions=directions)
-            result = yield from self._cancellable(gen, lambda: work)
-            index = np.nonzero(before != result)
-            return index, before[index], result[index]
 
         def done(diff):
-            n = self._write(labels, *diff, set(ids))
+            n = self.session.write_diff(labels, diff, set(ids))
             what = f"object {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects"
-            self._status.value = f"{'cancelled; kept partial result of' if self._stop else 'propagated'} {what} " \
+            stopped = self.session.stop_requested
+            self._status.value = f"{'cancelled; kept partial result of' if stopped else 'propagated'} {what} " \
                                  f"from slice {z}: {n} voxels changed"
 
         return self._start(make_gen, done, f"propagating {len(ids)} object(s) from slice {z}")
@@ -237,51 +194,25 @@ class PropagationWidget(Container):
             image, labels, z = self._layers_and_slice()
         except NapariSamError as e:
             return self._refuse(e)
-        from ..adapters.layer_data import layer_array
-
-
-        name, settings = self._model.value, AutoSettings(points_per_side=int(self._points.value))
-
-        def make_gen():
-            if self.segment_slice is not None:
-                return np.asarray(self.segment_slice(np.asarray(layer_array(image)[z])))
-                yield  # pragma: no cover  (a generator)
-            from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
-
-            seg, _ = self._segmenter(image, name)
-            amg = SamAutomaticMaskGenerator.from_settings(seg.model, settings, options=seg.options)
-            return (yield from self._cancellable(
-                amg.label_slice_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
+        settings = AutoSettings(points_per_side=int(self._points.value))
+        make_gen = self.session.segment_slice_automatically(image, z, settings, self._model.value)
 
         def done(result):
             if result is None:
                 self._status.value = "cancelled: nothing written"
                 return
-            self._status.value = f"slice {z}: {self._write_new_ids(labels, z, np.asarray(result))} new objects"
+            self._status.value = f"slice {z}: {self.session.write_new_ids(labels, z, np.asarray(result))} new objects"
 
         return self._start(make_gen, done, f"segmenting slice {z}")
 
     def cancel(self, _=None) -> None:
         """Stop at the next slice; what was propagated so far is written (undo with Ctrl+Z)."""
         if self._busy:
-            self._stop = True
+            self.session.cancel()
             self._status.value = "cancelling..."
 
     # ---- plumbing -----------------------------------------------------------------------------
-    def _cancellable(self, gen, partial):
-        """Yield from ``gen`` until done or cancelled; on cancel return ``partial()`` instead of its result."""
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield p
-            if self._stop:
-                gen.close()
-                return partial()
-
     def _start(self, make_gen, on_done, description: str) -> Job:
-        self._stop = False
         self._status.value = description + "..."
         self._set_busy(True)
         self._job = start_generator_job(make_gen, description=f"napari-sam: {description}",
@@ -310,34 +241,3 @@ class PropagationWidget(Container):
 
         self._status.value = f"error: {e}"
         show_error(f"napari-sam propagation: {e}")
-
-    @staticmethod
-    def _commit(layer: Any, index: tuple, values: np.ndarray) -> int:
-        """Write ``values`` at fancy ``index`` as one undo step; returns the number of voxels written."""
-        if len(index[0]):
-            with layer.block_history():
-                layer.data_setitem(index, values.astype(layer.data.dtype))
-            layer.refresh()
-        return int(len(index[0]))
-
-    def _write(self, layer: Any, index: tuple, old: np.ndarray, new: np.ndarray, ids: set[int]) -> int:
-        """Write ``new`` at fancy ``index`` (was ``old``) where both are background or in ``ids``."""
-        allowed = np.array(sorted(ids | {0}))
-        ok = np.isin(old, allowed) & np.isin(new, allowed)
-        ok &= np.asarray(layer.data[index]) == old  # edited meanwhile by the user: keep the user's value
-        return self._commit(layer, tuple(i[ok] for i in index), new[ok])
-
-    def _write_new_ids(self, layer: Any, z: int, result: np.ndarray) -> int:
-        """Write (H, W) slice labels ``result`` on background of slice ``z`` as new consecutive ids."""
-        plane = np.asarray(layer.data[z])
-        if result.shape != plane.shape:
-            raise InvalidImageError(f"Automatic labels of shape {result.shape} do not fit slice shape {plane.shape}.")
-        free = (result > 0) & (plane == 0)
-        found = np.unique(result[free])
-        start = int(np.asarray(layer.data).max()) + 1
-        if len(found) and start + len(found) - 1 > np.iinfo(plane.dtype).max:
-            raise InvalidImageError(f"Labels layer {layer.name!r} ({plane.dtype}) has no room for "
-                                    f"{len(found)} new ids; convert it to a wider integer type.")
-        new_ids = np.searchsorted(found, result[free]) + start
-        rows, cols = np.nonzero(free)
-        return 0 if not self._commit(layer, (np.full_like(rows, z), rows, cols), new_ids) else len(found)

@@ -52,7 +52,7 @@ from .mask_data import (
 from ..images.normalize import to_uint8_rgb
 from ..models.device import InferenceOptions
 from ..prediction.predictor import Embedding, SamPredictor
-from ..progress import Progress, run_blocking
+from ..progress import Progress, relay, run_blocking
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -276,13 +276,11 @@ class SamAutomaticMaskGenerator:
         grid = TileGrid(shape, tile_shape, default_halo(tile_shape) if halo is None else halo)
         masks, boxes, scores = [], [], []
         for k, tile in enumerate(grid):
-            gen = self._records_iter(rgb[tile.outer_slices], None, None)
-            try:
-                while True:
-                    p = next(gen)
-                    yield Progress(k * p.total + p.done, len(grid) * max(p.total, 1), f"tile {k + 1}/{len(grid)}")
-            except StopIteration as stop:
-                records, _ = stop.value
+            records, _ = yield from relay(
+                self._records_iter(rgb[tile.outer_slices], None, None),
+                each=lambda p, k=k: Progress(k * p.total + p.done, len(grid) * max(p.total, 1),
+                                             f"tile {k + 1}/{len(grid)}"),
+            )
             r0, c0 = tile.origin
             for local, box, score in zip(records["masks"] if len(records) else [],
                                          records["boxes"].tolist() if len(records) else [],
