@@ -337,10 +337,7 @@ def test_bad_input(real_pair):
 
 # ---- shared-image decoding -------------------------------------------------------------------
 def test_shared_image_decoding_matches_mask_decoder(real_pair):
-    from napari_sam.engine.automatic.amg_decoder import decode_shared_image, supports_fast_decoding
-
     _, ours = real_pair
-    assert supports_fast_decoding(ours.mask_decoder)
     g = torch.Generator().manual_seed(0)
     c, (h, w) = ours.prompt_encoder.embed_dim, ours.prompt_encoder.image_embedding_size
     emb = torch.randn(1, c, h, w, generator=g)
@@ -349,7 +346,7 @@ def test_shared_image_decoding_matches_mask_decoder(real_pair):
         sparse, dense = ours.prompt_encoder(points=(coords, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=None)
         pe = ours.prompt_encoder.get_dense_pe()
         want_low, want_iou = ours.mask_decoder(emb, pe, sparse, dense, multimask_output=True)
-        iou, idx, low = decode_shared_image(ours.mask_decoder, emb, pe, sparse, dense[:1],
+        iou, idx, low = ours.mask_decoder.decode_shared_image(emb, pe, sparse, dense[:1],
                                             select=lambda i: torch.tensor([1, 4, 8]))
     scale = float(want_low.abs().max())
     torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=0)

@@ -36,7 +36,6 @@ import torch
 
 from ...errors import InvalidImageError, InvalidParameterError
 from ...model.sam import Sam
-from .amg_decoder import decode_shared_image, supports_fast_decoding
 from .amg_grid import build_all_layer_point_grids, generate_crop_boxes
 from .label_image import clean_local_mask, paint_label_image
 from .settings import DEFAULTS, AutoSettings, check_amg_values
@@ -359,26 +358,14 @@ class SamAutomaticMaskGenerator:
         def passing(iou: torch.Tensor) -> torch.Tensor:
             return iou > thresh if thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
 
-        if supports_fast_decoding(model.mask_decoder):
-            iou, prompt_idx, low = decode_shared_image(
-                model.mask_decoder, features, image_pe, sparse, dense[:1],
-                select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
-                compute_dtype=dtype,
-            )
-            keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
-            flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
-            return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
-        low_res, iou = model.mask_decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            **({} if dtype is None else {"compute_dtype": dtype}),
+        iou, prompt_idx, low = model.mask_decoder.decode_shared_image(
+            features, image_pe, sparse, dense,
+            select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
+            compute_dtype=dtype,
         )
-        iou = iou.flatten().float()
-        flat = passing(iou).nonzero()[:, 0]
-        return iou, flat, low_res.flatten(0, 1)[flat].float()
+        keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
+        flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
+        return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
 
     @torch.inference_mode()
     def _process_batch(self, points: np.ndarray, crop_size, crop_box, orig_size) -> MaskRecords:
