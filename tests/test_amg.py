@@ -203,17 +203,9 @@ def test_parity_real_decoder_tiny(real_pair):
 
 
 @pytest.mark.slow
-def test_parity_real_decoder_vit_b():
-    from napari_sam.model import build_sam
-
-    torch.manual_seed(0)
-    ref = segment_anything.sam_model_registry["vit_b"]()
-    sd = perturbed_state_dict(ref, seed=3)
-    ref.load_state_dict(sd)
-    ours = build_sam("vit_b")
-    ours.load_state_dict(sd, strict=True)
+def test_parity_real_decoder_vit_b(vit_b_pair):
     kw = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-    r, o = _both((ref.eval(), ours.eval()), _image(240, 320), **kw)
+    r, o = _both(vit_b_pair, _image(240, 320), **kw)
     assert len(r) >= 10
     _assert_same_masks(r, o)
 
