@@ -23,6 +23,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
 from ..errors import InvalidImageError, NapariSamError
 from ..engine.automatic.settings import DEFAULTS, AutoSettings
+from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
 DIRECTIONS = {"both": (1, -1), "up (+z)": (1,), "down (-z)": (-1,)}
@@ -53,7 +54,7 @@ class PropagationWidget(Container):
         self._image = ComboBox(label="image (3D)", choices=self._image_choices, nullable=True)
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
-        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._model = ModelPicker("model", extra=self._main_model, from_file=False).combo
         self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side)
         self._direction = ComboBox(label="from here", choices=list(DIRECTIONS), value="both")
         self._through = PushButton(text="Propagate object through z")
@@ -90,16 +91,12 @@ class PropagationWidget(Container):
 
         return [(la.name, la) for la in self._viewer.layers if isinstance(la, Labels)]
 
-    def _model_choices(self, _w=None) -> list[str]:
-        """Zoo models, plus the main widget's model when it is another one (e.g. a checkpoint file)."""
+    def _main_model(self) -> list[str]:
+        """The main widget's model name (e.g. a checkpoint file), offered first: embeddings are then shared."""
         from ..adapters.registry import get_controller
-        from ..engine.models.zoo import list_models
 
-        names = [e.name for e in list_models()]
         ctl = get_controller(self._viewer, create=False)
-        if ctl is not None and ctl.segmenter is not None and ctl.model_name and ctl.model_name not in names:
-            names.insert(0, ctl.model_name)
-        return names
+        return [ctl.model_name] if ctl is not None and ctl.segmenter is not None and ctl.model_name else []
 
     def _select_default_model(self) -> None:
         """The model loaded in napari-sam's main widget (embeddings are then shared), else the default."""
