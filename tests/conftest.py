@@ -30,6 +30,22 @@ def perturbed_state_dict(model: torch.nn.Module, seed: int = 0, scale: float = 0
 
 
 @pytest.fixture(scope="session")
+def vit_b_pair():
+    """(Meta's vit_b, napari-sam's vit_b) in eval mode with the same perturbed random weights,
+    built once per test session (building and perturbing vit_b takes a while)."""
+    segment_anything = pytest.importorskip("segment_anything")
+    from napari_sam.model import build_sam
+
+    torch.manual_seed(0)
+    ref = segment_anything.sam_model_registry["vit_b"]()
+    sd = perturbed_state_dict(ref, seed=3)
+    ref.load_state_dict(sd)
+    ours = build_sam("vit_b")
+    ours.load_state_dict(sd, strict=True)
+    return ref.eval(), ours.eval()
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A checkpoint file of the small 'tiny' architecture with random (perturbed) weights."""
     from napari_sam.model import build_sam

@@ -7,9 +7,10 @@ import pytest
 import tifffile
 import zarr
 
-from napari_sam.engine.batch import run as batch
+from napari_sam.engine.batch import stack_store as batch
 from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking
 from napari_sam.engine.progress import run_blocking
+from napari_sam.engine.automatic.settings import AutoSettings
 from napari_sam.engine.automatic.slice_segmenter import otsu_labels, tiled
 from napari_sam.engine.volumes.stack_linking import iou_matrix, link_stack, match_instances
 from napari_sam.errors import BatchWriteError, InvalidImageError, InvalidOutputError, OutputExistsError
@@ -245,8 +246,8 @@ def test_real_amg_on_tiny_model(tmp_path, tiny_checkpoint):
     """The default SAM slice segmenter end to end (random weights: checks shapes and plumbing)."""
     pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _blob_stack(2, shape=(40, 48))
-    r = segment_stack_blocking(img, tmp_path / "amg.zarr", model=tiny_checkpoint, device="cpu", points_per_side=4,
-                               pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    r = segment_stack_blocking(img, tmp_path / "amg.zarr", model=tiny_checkpoint, device="cpu",
+                               settings=AutoSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0))
     labels = open_labels(r.path)
     assert labels.shape == (2, 40, 48) and labels.dtype == np.int32
     job = zarr.open_group(str(r.path), mode="r").attrs["napari_sam_job"]["job"]

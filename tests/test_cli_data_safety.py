@@ -124,7 +124,7 @@ def test_disk_full_during_final_tiff_write_then_rerun_finishes(tmp_path, otsu_mo
 
 
 def test_tiff_written_but_group_not_removed_is_finished_again(tmp_path, otsu_model, capsys, monkeypatch):
-    from napari_sam.engine.batch import run as batch
+    from napari_sam.engine.batch import stack_store as batch
 
     _write_stack(tmp_path / "in.tif", 2)
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif"), "--quiet"]

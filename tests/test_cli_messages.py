@@ -221,10 +221,10 @@ def test_segment_min_area_default_and_flag(tmp_path, otsu_model):
     img, _ = two_disc_stack(1, (40, 48))
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "a.tif"), "--quiet"]) == 0
-    assert otsu_model[-1].min_mask_region_area == MIN_OBJECT_AREA > 0
+    assert otsu_model[-1].settings.min_mask_region_area == MIN_OBJECT_AREA > 0
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "b.tif"), "--min-area", "0",
                  "--quiet"]) == 0
-    assert otsu_model[-1].min_mask_region_area == 0
+    assert otsu_model[-1].settings.min_mask_region_area == 0
 
 
 def _demo_report():

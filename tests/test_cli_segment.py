@@ -42,7 +42,7 @@ def test_tiff_in_tiff_out(tmp_path, otsu_model, capsys):
     out = tifffile.imread(tmp_path / "out.tif")
     assert out.shape == truth.shape and out.dtype == np.int32 and len(np.unique(out)) == 3
     assert "2 objects in 4 slices" in capsys.readouterr().out
-    assert otsu_model[0].points_per_side == 8 and otsu_model[0].intensity_limits is not None
+    assert otsu_model[0].settings.points_per_side == 8 and otsu_model[0].intensity_limits is not None
 
 
 def test_zarr_in_zarr_out_2d_and_tile(tmp_path, otsu_model):
@@ -53,7 +53,7 @@ def test_zarr_in_zarr_out_2d_and_tile(tmp_path, otsu_model):
     assert rc == 0
     labels = open_labels(tmp_path / "o.zarr")
     assert labels.shape == (1, 40, 48) and int(np.asarray(labels).max()) == 2
-    assert otsu_model[0].tile == (64, 64)
+    assert otsu_model[0].settings.tile_shape == (64, 64) and otsu_model[0].settings.halo == (8, 8)
 
 
 def test_existing_output_refused_and_overwrite(tmp_path, otsu_model, capsys):
@@ -72,7 +72,7 @@ def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypat
     img, _ = _stack(4)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
-    from napari_sam.engine.batch import run as batch
+    from napari_sam.engine.batch import stack_store as batch
 
     real = batch.write_slice
 
@@ -106,7 +106,7 @@ def test_bad_arguments(tmp_path, otsu_model, capsys):
 
 
 def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeypatch):
-    from napari_sam.engine.batch import run as batch
+    from napari_sam.engine.batch import stack_store as batch
     from napari_sam.errors import BatchWriteError
 
     img, _ = _stack(3)

@@ -10,7 +10,9 @@ import zarr
 distributed = pytest.importorskip("distributed")
 
 from napari_sam.engine.automatic import slice_segmenter  # noqa: E402
-from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking, write_slice  # noqa: E402
+from napari_sam.engine.automatic.settings import AutoSettings  # noqa: E402
+from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking  # noqa: E402
+from napari_sam.engine.batch.stack_store import write_slice  # noqa: E402
 from napari_sam.engine.automatic.slice_segmenter import SliceSegmenterSpec, build_cached, otsu_labels  # noqa: E402
 from reference_models import two_disc_stack  # noqa: E402
 
@@ -96,9 +98,9 @@ def test_spec_built_once_per_process(monkeypatch):
     calls = []
     monkeypatch.setattr(SliceSegmenterSpec, "build", lambda self: calls.append(self) or otsu_labels)
     slice_segmenter._CACHE.clear()
-    spec = SliceSegmenterSpec(model="x", points_per_side=4)
-    assert build_cached(spec) is build_cached(SliceSegmenterSpec(model="x", points_per_side=4))
-    build_cached(SliceSegmenterSpec(model="x", points_per_side=8))
+    spec = SliceSegmenterSpec(model="x", settings=AutoSettings(points_per_side=4))
+    assert build_cached(spec) is build_cached(SliceSegmenterSpec(model="x", settings=AutoSettings(points_per_side=4)))
+    build_cached(SliceSegmenterSpec(model="x", settings=AutoSettings(points_per_side=8)))
     assert len(calls) == 2
     slice_segmenter._CACHE.clear()
 
@@ -108,8 +110,8 @@ def test_workers_load_the_tiny_model_once(tmp_path, client, tiny_checkpoint):
     """Real SAM on the workers: each worker process loads the model at most once for all its slices."""
     pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _stack(4, shape=(32, 32))
-    r = segment_stack_blocking(img, tmp_path / "t.zarr", model=tiny_checkpoint, device="cpu", points_per_side=4,
-                               client=client)
+    r = segment_stack_blocking(img, tmp_path / "t.zarr", model=tiny_checkpoint, device="cpu",
+                               settings=AutoSettings(points_per_side=4), client=client)
     assert open_labels(r.path).shape == (4, 32, 32)
-    counts = client.run(lambda: len(__import__("napari_sam.engine.automatic.slice_segmenter").engine.slice_segmenter._CACHE))
+    counts = client.run(lambda: len(__import__("napari_sam.engine.automatic.slice_segmenter").engine.automatic.slice_segmenter._CACHE))
     assert sum(counts.values()) <= 2 and all(v <= 1 for v in counts.values())

@@ -197,9 +197,9 @@ def test_tiny_model_end_to_end_and_controller_segmenter_is_reused(make_napari_vi
     ctl.set_image_layer(viewer.layers["stack"])
     w._refresh()
     assert "my_tiny.pt" in w._model.choices  # the main widget's model is offered
-    w.model = None
-    assert w._segmenter(viewer.layers["stack"], "my_tiny.pt")[0] is ctl.segmenter
-    assert w._segmenter(viewer.layers["stack"], "my_tiny.pt")[1] is not None  # predictions take its lock
+    w.session.model = None
+    assert w.session.segmenter(viewer.layers["stack"], "my_tiny.pt")[0] is ctl.segmenter
+    assert w.session.segmenter(viewer.layers["stack"], "my_tiny.pt")[1] is not None  # predictions take its lock
 
 
 def test_module_import_does_not_import_torchvision():
@@ -231,7 +231,7 @@ def test_write_skips_voxels_edited_during_the_run_and_foreign_ids(make_napari_vi
     after[4, 30:32, 30:32] = 2  # an id the run was not asked for: must not be written
     labels.data_setitem((np.array([4]), np.array([10]), np.array([10])), 5)  # the user paints meanwhile
     index = np.nonzero(before != after)
-    n = w._write(labels, index, before[index], after[index], {1})
+    n = w.session.write_diff(labels, (index, before[index], after[index]), {1})
     data = np.asarray(labels.data)
     assert n == 15 and data[4, 10, 10] == 5 and (data[4, 10:14, 11:14] == 1).all()
     assert not (data == 2).any()
@@ -254,3 +254,35 @@ def test_cancel_in_a_worker_thread_keeps_the_partial_result(make_napari_viewer, 
     done = sorted({z for z in range(N_Z) if (data[z] == 1).any()})
     assert 2 in done and 3 in done and len(done) < N_Z  # seed + the slices finished before the cancel
     np.testing.assert_array_equal(data == 9, start == 9)
+
+
+def test_automatic_slice_runs_at_the_precision_chosen_in_the_main_widget(make_napari_viewer, monkeypatch, tiny_model):
+    """After the main widget's set_model(model, precision="bf16"), the propagation widget's
+    "Segment this slice automatically" button reuses that segmenter and runs the encoder in bf16."""
+    import torch
+
+    import napari_sam.widgets.main_widget as mw
+    from napari_sam.engine.models import device as device_mod
+
+    monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)  # bf16 is native on any CPU here
+    monkeypatch.setattr(mw, "_default_model", lambda: None)
+    viewer, w, labels, _, _ = _setup(make_napari_viewer, monkeypatch, predict_fn=None)
+    _, main = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
+    main.set_model(tiny_model, name="tiny-bf16", precision="bf16")
+    assert main.controller.image_layer is viewer.layers["stack"]
+    w._refresh()
+    w._model.value = "tiny-bf16"
+    seen = []
+
+    def spy(_module, _inputs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+
+    handle = tiny_model.image_encoder.register_forward_pre_hook(spy)
+    try:
+        w._points.value = 4
+        w._auto.native.click()
+    finally:
+        handle.remove()
+    assert "error" not in w._status.value, w._status.value
+    assert "new objects" in w._status.value
+    assert seen and set(seen) == {torch.bfloat16}, seen

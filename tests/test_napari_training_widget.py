@@ -18,7 +18,8 @@ def _viewer_with_pair(make_napari_viewer, cells_image):
 
 
 def _widget(viewer, checkpoint, out, epochs=1):
-    from napari_sam.widgets.training_widget import FROM_FILE, TrainingWidget
+    from napari_sam.widgets.model_picker import FROM_FILE
+    from napari_sam.widgets.training_widget import TrainingWidget
 
     w = TrainingWidget(viewer)
     viewer.window.add_dock_widget(w)

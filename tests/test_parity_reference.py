@@ -64,7 +64,7 @@ PROMPTS = {
 @pytest.fixture(scope="module", params=["vit_b", "tiny"])
 def predictors(request):
     if request.param == "vit_b":
-        ref, ours = _pair("vit_b", segment_anything.sam_model_registry["vit_b"])
+        ref, ours = request.getfixturevalue("vit_b_pair")  # built once per session (conftest)
         image = _image(480, 640)  # non-square
     else:
         ref, ours = _pair("tiny", _ref_tiny)

@@ -15,7 +15,7 @@ import torch
 
 from napari_sam.engine.models import device as device_mod
 from napari_sam.engine.prediction import predictor as predictor_mod
-from napari_sam.engine.models.device import compile_requested, resolve_precision
+from napari_sam.engine.models.device import InferenceOptions, compile_requested, resolve_precision
 from napari_sam.engine.prediction.predictor import SamPredictor
 from napari_sam.errors import DeviceError
 from napari_sam.model import build_sam
@@ -76,15 +76,27 @@ def test_bf16_on_capable_cpu_is_kept_silently(monkeypatch):
         assert resolve_precision("bf16", CPU) == "bf16"
 
 
-def test_build_sam_precision_attribute_and_predictor_uses_it(monkeypatch):
+def test_precision_is_the_predictors_not_the_models(monkeypatch):
     monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
-    model = build_sam("tiny", precision="bf16")
-    assert model.precision == "bf16"
-    assert SamPredictor(model).precision == "bf16"
-    assert SamPredictor(model, precision="fp32").precision == "fp32"  # argument wins
-    assert build_sam("tiny").precision is None
-    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
-        build_sam("tiny", precision="fp8")
+    model = build_sam("tiny")
+    assert not hasattr(model, "precision")  # runtime options are not stored on the model
+    assert SamPredictor(model, precision="bf16").precision == "bf16"
+    assert SamPredictor(model).options == InferenceOptions.resolve("cpu")
+    opts = InferenceOptions.resolve("cpu", "bf16")
+    assert SamPredictor(model, options=opts).options is opts
+    with pytest.raises(DeviceError, match="either options or precision"):
+        SamPredictor(model, precision="fp32", options=opts)
+    with pytest.raises(TypeError):
+        build_sam("tiny", precision="bf16")
+
+
+def test_one_validator_one_exception_type():
+    for bad in (lambda: resolve_precision("fp8", CPU), lambda: InferenceOptions(CPU, "fp8"),
+                lambda: InferenceOptions.resolve("cpu", "fp8"), lambda: SamPredictor(build_sam("tiny"), "fp8")):
+        with pytest.raises(DeviceError, match="Unknown precision 'fp8'.*fp32"):
+            bad()
+    with pytest.raises(DeviceError, match="compile must be True or False"):
+        InferenceOptions(CPU, "fp32", compile="yes")
 
 
 # ---- running in bf16 -----------------------------------------------------------------------------

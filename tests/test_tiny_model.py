@@ -114,6 +114,7 @@ def test_automatic_segmentation_in_bf16_reuses_the_decoder_copy_and_finds_the_fp
     channels-last embedding (made once per image, not cast per prompt batch) and finds the same cells."""
     from napari_sam.engine.models import device as device_mod
     from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
+    from napari_sam.engine.models.device import InferenceOptions
     from napari_sam.engine.models.zoo import load_model
 
     import torch
@@ -121,8 +122,10 @@ def test_automatic_segmentation_in_bf16_reuses_the_decoder_copy_and_finds_the_fp
     monkeypatch.setattr(device_mod, "_cpu_has_fast_bf16", lambda: True)
     img, _ = cells_image
     kw = dict(points_per_side=16, points_per_batch=64, pred_iou_thresh=0.8, stability_score_thresh=0.9)
-    fp32 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu", precision="fp32"), **kw)
-    bf16 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu", precision="bf16"), **kw)
+    fp32 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu"), **kw,
+                                     options=InferenceOptions.resolve("cpu", "fp32"))
+    bf16 = SamAutomaticMaskGenerator(load_model("tiny", device="cpu"), **kw,
+                                     options=InferenceOptions.resolve("cpu", "bf16"))
     assert bf16.predictor.decoder_dtype == torch.bfloat16
 
     seen = []

@@ -4,10 +4,12 @@ Importing this package is light: it pulls in neither Qt nor napari, and loads
 torch only when a model-related name is first used. Public names:
 
 - ``build_sam(model_type, checkpoint=None, device=None)``: a model in eval mode.
-- ``load_model(name_or_path, device=None, precision=None)``: zoo name or file.
-- ``SamPredictor(model)``: the reference's two-phase set_image / predict API.
-- ``Segmenter(model=..., device=None)``: napari-order (row, col) scripting API.
-- ``SamAutomaticMaskGenerator(model, ...)``: automatic instance segmentation.
+- ``load_model(name_or_path, device=None)``: zoo name or file.
+- ``SamPredictor(model, precision=None)``: the reference's two-phase set_image / predict API.
+- ``Segmenter(model=..., device=None, precision=None)``: napari-order (row, col) scripting API.
+- ``SamAutomaticMaskGenerator(model, ..., options=None)``: automatic instance segmentation.
+- ``InferenceOptions.resolve(device, precision, compile)``: how a model runs, handed to
+  whatever runs it (the predictor owns one; ``Segmenter.options``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ _LAZY = {
     "list_models": "napari_sam.engine.models.zoo",
     "Segmenter": "napari_sam.engine.prediction.segmenter",
     "SamAutomaticMaskGenerator": "napari_sam.engine.automatic.amg",
+    "InferenceOptions": "napari_sam.engine.models.device",
 }
 
 __all__ = ["__version__", *_LAZY]

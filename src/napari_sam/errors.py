@@ -40,7 +40,7 @@ class DownloadError(NapariSamError, OSError):
 
 
 class DeviceError(NapariSamError, ValueError):
-    """An unknown or unavailable compute device was requested."""
+    """An unknown or unavailable compute device, or an unknown precision, was requested."""
 
 
 class CacheError(NapariSamError, OSError):

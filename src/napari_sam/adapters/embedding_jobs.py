@@ -14,7 +14,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.progress import Progress
+from ..engine.progress import Progress, relay
 from ..errors import NapariSamError
 
 
@@ -66,14 +66,7 @@ class EmbeddingJobs:
 
         def run():
             t0 = time.perf_counter()
-            gen = segmenter.embed(key or None)
-            while True:
-                with lock:
-                    try:
-                        p = next(gen)
-                    except StopIteration:
-                        break
-                yield p
+            yield from relay(segmenter.embed(key or None), lock=lock)
             seconds = time.perf_counter() - t0
             with lock:
                 try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.automatic.label_image import MIN_OBJECT_AREA
+from ..engine.automatic.settings import BATCH_DEFAULTS as DEFAULTS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,10 +33,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run slices on a Dask cluster (e.g. tcp://host:8786); the output must be on shared storage")
-    p.add_argument("--points-per-side", type=int, default=32, help="prompt grid of the automatic segmentation")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--min-area", type=int, default=MIN_OBJECT_AREA, metavar="PIXELS",
+    p.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side,
+                   help="prompt grid of the automatic segmentation")
+    p.add_argument("--pred-iou-thresh", type=float, default=DEFAULTS.pred_iou_thresh)
+    p.add_argument("--stability-score-thresh", type=float, default=DEFAULTS.stability_score_thresh)
+    p.add_argument("--min-area", type=int, default=DEFAULTS.min_mask_region_area, metavar="PIXELS",
                    help="leave out objects smaller than this, and clean mask islands/holes smaller than this "
                         "(default: %(default)s; 0 keeps everything)")
     p.add_argument("--link-iou", type=float, default=0.3,
@@ -48,16 +49,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..engine.automatic.settings import AutoSettings
     from ..engine.batch.run import segment_stack
     from ..engine.progress import run_blocking
     from ..errors import BatchWriteError, InvalidPromptError
 
-    if args.points_per_side < 1:
-        raise InvalidPromptError(f"--points-per-side must be >= 1; got {args.points_per_side}.")
-    if args.tile is not None and min(args.tile) < 1:
-        raise InvalidPromptError(f"--tile sizes must be positive; got {args.tile}.")
-    if args.min_area < 0:
-        raise InvalidPromptError(f"--min-area must be >= 0; got {args.min_area}.")
+    settings = AutoSettings(  # checks every value (InvalidParameterError / InvalidImageError: exit code 2)
+        points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh, min_mask_region_area=args.min_area,
+        tile_shape=None if args.tile is None else tuple(args.tile),
+    )
     if not 0 < args.link_iou <= 1:
         raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
     client = None
@@ -67,10 +68,8 @@ def run(args: argparse.Namespace) -> int:
         client = connect(args.scheduler)
     try:
         gen = segment_stack(
-            args.input, args.out, model=args.model, tile=args.tile, device=args.device, precision=args.precision,
-            overwrite=args.overwrite, client=client, points_per_side=args.points_per_side,
-            pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-            min_mask_region_area=args.min_area, iou_threshold=args.link_iou,
+            args.input, args.out, model=args.model, device=args.device, precision=args.precision,
+            overwrite=args.overwrite, client=client, settings=settings, iou_threshold=args.link_iou,
         )
         result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam segment")
     except BatchWriteError as e:

@@ -11,6 +11,7 @@ honouring cancel between yields); scripts and the command line call
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +34,48 @@ class Progress:
 ProgressGenerator = Generator[Progress, None, T]
 
 
+class _Cancelled:
+    def __repr__(self) -> str:
+        return "CANCELLED"
+
+
+#: what :func:`relay` returns when it was cancelled.
+CANCELLED: Any = _Cancelled()
+
+
+def relay(
+    gen: Generator[Progress, Any, T],
+    *,
+    cancelled: Callable[[], bool] | None = None,
+    lock: AbstractContextManager | None = None,
+    each: Callable[[Progress], Progress] | None = None,
+) -> Generator[Progress, None, T]:
+    """Yield ``gen``'s progress and return its result: the one pump of progress generators.
+
+    Args:
+        cancelled: checked before each step; when it is true, ``gen`` is closed and
+            :data:`CANCELLED` returned instead of a result.
+        lock: held while ``gen`` runs one step, never across a yield (so cancelling at a
+            yield leaves nothing locked); also held while ``gen`` is closed.
+        each: maps each :class:`Progress` before it is passed on (e.g. into a larger total).
+    ``gen`` is always closed at the end, on the thread running the pump.
+    """
+    lock = lock if lock is not None else nullcontext()
+    try:
+        while True:
+            if cancelled is not None and cancelled():
+                return CANCELLED
+            with lock:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+            yield p if each is None else each(p)
+    finally:
+        with lock:
+            gen.close()
+
+
 def run_blocking(
     gen: Generator[Progress, Any, T],
     callback: Callable[[Progress], Any] | None = None,
@@ -46,13 +89,15 @@ def run_blocking(
             operation is cancelled (the generator is closed) and ``None`` returned.
         show_progress: draw a tqdm bar on stderr.
     """
+    stop: list[bool] = []
+    result: list[Any] = []
+
+    def pump():
+        result.append((yield from relay(gen, cancelled=lambda: bool(stop))))
+
     bar = None
     try:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value
+        for p in pump():
             if show_progress:
                 if bar is None:
                     from tqdm.auto import tqdm
@@ -62,8 +107,8 @@ def run_blocking(
                 bar.n = p.done
                 bar.set_postfix_str(p.message, refresh=True)
             if callback is not None and callback(p) is False:
-                gen.close()
-                return None
+                stop.append(True)
     finally:
         if bar is not None:
             bar.close()
+    return None if result[0] is CANCELLED else result[0]

@@ -50,31 +50,24 @@ def build_from_config(cfg: SamConfig) -> Sam:
     )
 
 
-_PRECISION_NAMES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16", "half")
-
-
 def build_sam(
     model_type: str | SamConfig = "vit_b",
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    precision: str | None = None,
 ) -> Sam:
     """Build a SAM of ``model_type`` (``vit_b``, ``vit_l``, ``vit_h``, ``vit_t``, ``tiny``).
 
     ``checkpoint`` is loaded safely (weights only, strict keys). ``device``
     defaults to CPU here; the engine's ``load_model`` picks CUDA/MPS/CPU.
-    The model is returned in eval mode. ``precision`` (``"fp32"``, ``"bf16"``,
-    ``"fp16"`` or ``None``) is stored as ``model.precision``: the weights stay
-    fp32 and the engine's predictor runs the encoder in that precision.
+    The model is returned in eval mode with fp32 weights. How it runs (precision,
+    ``torch.compile``) is not the model's business: give it to the engine's predictor
+    (``SamPredictor(model, precision="bf16")``, see ``engine/models/device.py``).
     """
-    if precision is not None and str(precision).lower() not in _PRECISION_NAMES:
-        raise ValueError(f"Unknown precision {precision!r}; use one of 'fp32', 'bf16', 'fp16'.")
     cfg = model_type if isinstance(model_type, SamConfig) else get_config(model_type)
     model = build_from_config(cfg)
     if checkpoint is not None:
         load_into(model, read_state_dict(checkpoint), cfg.name)
     model.eval()
-    model.precision = precision
     if device is not None:
         model.to(device)
     return model

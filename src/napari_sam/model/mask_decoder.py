@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,50 @@ class MaskDecoder(nn.Module):
                 dense = dense[..., :1, :1]  # one vector per prompt set: cast it, not its expansion
             dense = dense.to(image_embeddings.dtype)
         return self.transformer(image_embeddings + dense, image_pe, tokens, compute_dtype)
+
+    def decode_shared_image(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        select: Callable[[torch.Tensor], torch.Tensor],
+        compute_dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Multimask decoding of B prompts on one image, upscaling only the selected prompts' masks.
+
+        Computes what :meth:`forward` computes (up to float rounding): the IoU head needs no
+        upscaling, so the upscaled logits are made only for the prompts ``select`` picks (e.g.
+        those with a mask whose predicted IoU passes a threshold). A decoder whose ``forward``
+        or transformer was replaced on the instance runs its ``forward`` and selects after.
+
+        Args:
+            image_embedding: (1, C, h, w).  image_pe: (1, C, h, w).
+            sparse: (B, K, C) prompt tokens.  dense: (1, C, h, w) or a (B, C, h, w) expansion of
+                it: the dense embedding shared by all prompts (no mask inputs).
+            select: maps the multimask IoU predictions (B, 3) to the indices (n,) of the
+                prompts whose mask logits are wanted.
+            compute_dtype: dtype of the image-side products (``None``: fp32); see :meth:`forward`.
+        Returns:
+            iou_predictions (B, 3), the selected prompt indices (n,), and their
+            low-res mask logits (n, 3, 4h, 4w).
+        """
+        if "forward" in vars(self) or "forward" in vars(self.transformer):
+            low, iou = self(image_embedding, image_pe, sparse, dense.expand(sparse.shape[0], -1, -1, -1),
+                            multimask_output=True, **({} if compute_dtype is None else {"compute_dtype": compute_dtype}))
+            idx = select(iou)
+            return iou, idx, low[idx]
+        _, _, h, w = image_embedding.shape
+        tokens, keys = self.attend(image_embedding, image_pe, sparse, dense[:1], compute_dtype)
+        iou = self.iou_prediction_head(tokens[:, 0, :])[:, 1:]
+        idx = select(iou)
+        if len(idx) == 0:
+            return iou, idx, torch.zeros(0, 3, 4 * h, 4 * w, dtype=keys.dtype, device=keys.device)
+        everything = len(idx) == sparse.shape[0] and bool((idx == torch.arange(len(idx), device=idx.device)).all())
+        if keys.shape[0] > 1 and not everything:
+            keys = keys[idx]
+        masks = self.masks_from(keys, tokens if everything else tokens[idx], (h, w), slice(1, None), compute_dtype)
+        return iou, idx, masks
 
     def masks_from(
         self,

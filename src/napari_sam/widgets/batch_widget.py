@@ -18,9 +18,10 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ..errors import NapariSamError
+from ..engine.automatic.settings import DEFAULTS, AutoSettings
+from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
-FROM_FILE = "from file..."
 
 
 class BatchWidget(Container):
@@ -38,9 +39,9 @@ class BatchWidget(Container):
         self.last_result: Any = None
 
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        self._model = ComboBox(label="model", choices=self._model_choices)
-        self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
-        self._points = SpinBox(label="points per side", min=1, max=128, value=32)
+        self._picker = ModelPicker("model")
+        self._model, self._model_file = self._picker.combo, self._picker.file
+        self._points = SpinBox(label="points per side", min=1, max=128, value=DEFAULTS.points_per_side)
         self._output = FileEdit(label="output (.zarr/.tif)", mode="w", filter="*.zarr *.tif *.tiff")
         self._overwrite = CheckBox(text="overwrite existing output", value=False)
         self._run = PushButton(text="Segment stack")
@@ -50,7 +51,6 @@ class BatchWidget(Container):
                      self._run, self._cancel, self._status])
 
         self._select_default_model()
-        self._model.changed.connect(lambda v: setattr(self._model_file, "visible", v == FROM_FILE))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -68,11 +68,6 @@ class BatchWidget(Container):
         if self._image.value is None and self._image.choices:
             self._image.value = self._image.choices[-1]
 
-    def _model_choices(self, _widget=None) -> list[str]:
-        from ..engine.models.zoo import list_models
-
-        return [e.name for e in list_models()] + [FROM_FILE]
-
     def _select_default_model(self) -> None:
         from ..engine.models.zoo import default_model_name
 
@@ -82,14 +77,6 @@ class BatchWidget(Container):
             return
         if name in self._model.choices:
             self._model.value = name
-
-    def _model_spec(self) -> str | None:
-        if self._model.value == FROM_FILE:
-            path = str(self._model_file.value or "")
-            if not path or not Path(path).is_file():
-                raise NapariSamError("Choose a checkpoint file for 'model: from file...'.")
-            return path
-        return self._model.value
 
     def _output_path(self, layer) -> Path:
         value = self._output.value
@@ -120,7 +107,7 @@ class BatchWidget(Container):
         data = layer.data[0] if layer.multiscale else layer.data
         try:
             output = self._output_path(layer)
-            model = None if self.segment_slice is not None else self._model_spec()
+            model = None if self.segment_slice is not None else self._picker.spec()
         except NapariSamError as e:
             self._status.value = str(e)
             return None
@@ -128,9 +115,12 @@ class BatchWidget(Container):
         self._status.value = f"segmenting {layer.name} -> {output}"
         self._run.enabled, self._cancel.enabled = False, True
 
+
+        settings = None if self.segment_slice is not None else AutoSettings(points_per_side=int(self._points.value))
+
         def make_gen():
             return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),
-                                 segment_slice=self.segment_slice, points_per_side=int(self._points.value))
+                                 segment_slice=self.segment_slice, settings=settings)
 
         self._job = start_generator_job(
             make_gen, description=f"napari-sam: segmenting {layer.name}",

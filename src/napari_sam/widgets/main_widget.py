@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 
 from ..adapters import get_controller
 from ..adapters.keys import KEYS
 from ..adapters.layer_data import ROLE_KEY, unwrap
 from ..errors import NapariSamError
+from .model_picker import ModelPicker
 from .workers import Job, start_function_job, start_generator_job
 
-FROM_FILE = "from file..."
 AUTO = "auto"
 NEW_LAYER = "new layer"
 
@@ -53,10 +53,10 @@ class SamWidget(Container):
         self._model_job: Job | None = None
 
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._picker = ModelPicker("model")
+        self._model, self._model_file = self._picker.combo, self._picker.file
         if _default_model() in self._model.choices:
             self._model.value = _default_model()
-        self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
         self._device = ComboBox(label="device", choices=self._device_choices)
         self._precision = ComboBox(label="precision", choices=[AUTO, "fp32", "bf16", "fp16"], value=AUTO)
         self._load = PushButton(text="Load model")
@@ -99,7 +99,6 @@ class SamWidget(Container):
         self.tooltip = "Keys on napari-sam's layers: " + ", ".join(f"{k}: {v}" for k, v in KEYS.items())
 
         self._image.changed.connect(self._on_image)
-        self._model.changed.connect(self._on_model_choice)
         self._load.clicked.connect(self.load_model)
         self._target.changed.connect(self._on_target)
         self._overwrite.changed.connect(lambda v: setattr(self.controller, "overwrite", bool(v)))
@@ -160,12 +159,6 @@ class SamWidget(Container):
             if isinstance(layer, Labels) and layer.metadata.get(ROLE_KEY) != "preview":
                 out.append((layer.name, layer))
         return out
-
-    @staticmethod
-    def _model_choices(_w=None):
-        from ..engine.models.zoo import list_models
-
-        return [e.name for e in list_models()] + [FROM_FILE]
 
     @staticmethod
     def _device_choices(_w=None):
@@ -255,24 +248,17 @@ class SamWidget(Container):
         layer.mode = "add_rectangle"
 
     # ---- model -----------------------------------------------------------------------------------
-    def _on_model_choice(self, value) -> None:
-        self._model_file.visible = value == FROM_FILE
-
     def set_model(self, model: Any, name: str = "custom", precision: str | None = None) -> None:
         """Use an already built model (tests, scripts); triggers embedding of the displayed slice."""
         self.controller.set_model(model, name=name, precision=precision)
 
     def load_model(self) -> Job | None:
         """Load the chosen model with the chosen device/precision in a worker."""
-        name = self._model.value
-        if name == FROM_FILE:
-            path = self._model_file.value
-            if not path or not str(path).strip() or str(path) == ".":
-                self._report("Choose a checkpoint file for 'from file...'.", "warning")
-                return None
-            source, label = path, str(path)
-        else:
-            source, label = name, name
+        try:
+            source = label = self._picker.spec()
+        except NapariSamError as e:
+            self._report(str(e), "warning")
+            return None
         device = self._device.value
         precision = None if self._precision.value == AUTO else self._precision.value
         if self._model_job is not None and self._model_job.running:
@@ -282,7 +268,7 @@ class SamWidget(Container):
         def load():
             from ..engine.models.zoo import load_model
 
-            return load_model(source, device=device, precision=precision)
+            return load_model(source, device=device)  # the precision belongs to the predictor (set_model)
 
         def done(model):
             self._model_job = None

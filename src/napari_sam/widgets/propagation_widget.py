@@ -7,10 +7,11 @@ When a run ends (or is cancelled: slices done so far are kept) the changed voxel
 the GUI thread with ``Labels.data_setitem`` inside ``Labels.block_history()``: one Ctrl+Z undoes
 the run. Only the run's ids (and background) change; voxels edited by the user meanwhile are kept.
 
-When napari-sam's main widget (the per-viewer controller of :mod:`napari_sam.adapters`) holds the
-picked model for the same image, its :class:`~napari_sam.engine.prediction.segmenter.Segmenter` is reused
-(shared slice embeddings); otherwise this widget keeps its own. torchvision is imported only in the
-worker of "Segment this slice automatically", never at module import.
+The runs, the choice of segmenter (the main widget's when it holds the picked model for the same
+image: shared slice embeddings) and the writes live in
+:class:`~napari_sam.adapters.propagation_session.PropagationSession` (``self.session``); this widget
+reads its controls, starts the runs in workers and shows the outcome. torchvision is imported only in
+the worker of "Segment this slice automatically", never at module import.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
 from ..errors import InvalidImageError, NapariSamError
+from ..engine.automatic.settings import DEFAULTS, AutoSettings
+from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
 DIRECTIONS = {"both": (1, -1), "up (+z)": (1,), "down (-z)": (-1,)}
@@ -39,19 +42,20 @@ class PropagationWidget(Container):
 
     def __init__(self, napari_viewer: Any, predict_fn: Any = None, segment_slice: Any = None, model: Any = None):
         super().__init__(labels=True)
+        from ..adapters.propagation_session import PropagationSession
+
         self._viewer = napari_viewer
-        self.predict_fn, self.segment_slice, self.model = predict_fn, segment_slice, model
+        self.session = PropagationSession(napari_viewer, predict_fn=predict_fn, segment_slice=segment_slice,
+                                          model=model)
         self._job: Job | None = None
-        self._stop = False
         self._busy = False
-        self._seg: tuple[Any, Any] | None = None  # ((model name, image layer id), Segmenter)
         self._watched = None
 
         self._image = ComboBox(label="image (3D)", choices=self._image_choices, nullable=True)
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
-        self._model = ComboBox(label="model", choices=self._model_choices)
-        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=32)
+        self._model = ModelPicker("model", extra=self._main_model, from_file=False).combo
+        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side)
         self._direction = ComboBox(label="from here", choices=list(DIRECTIONS), value="both")
         self._through = PushButton(text="Propagate object through z")
         self._from_here = PushButton(text="Propagate from here")
@@ -87,16 +91,12 @@ class PropagationWidget(Container):
 
         return [(la.name, la) for la in self._viewer.layers if isinstance(la, Labels)]
 
-    def _model_choices(self, _w=None) -> list[str]:
-        """Zoo models, plus the main widget's model when it is another one (e.g. a checkpoint file)."""
+    def _main_model(self) -> list[str]:
+        """The main widget's model name (e.g. a checkpoint file), offered first: embeddings are then shared."""
         from ..adapters.registry import get_controller
-        from ..engine.models.zoo import list_models
 
-        names = [e.name for e in list_models()]
         ctl = get_controller(self._viewer, create=False)
-        if ctl is not None and ctl.segmenter is not None and ctl.model_name and ctl.model_name not in names:
-            names.insert(0, ctl.model_name)
-        return names
+        return [ctl.model_name] if ctl is not None and ctl.segmenter is not None and ctl.model_name else []
 
     def _select_default_model(self) -> None:
         """The model loaded in napari-sam's main widget (embeddings are then shared), else the default."""
@@ -149,41 +149,6 @@ class PropagationWidget(Container):
         check_target(labels, image)
         return image, labels, int(displayed_slice_key(self._viewer, image)[0])
 
-    def _segmenter(self, image: Any, name: str | None) -> tuple[Any, Any]:
-        """(Segmenter of model ``name`` holding ``image``'s array, a ``busy()`` context-manager factory
-        guarding it, or None); may load the model."""
-        from ..adapters.layer_data import is_rgb, layer_array, unwrap
-        from ..adapters.registry import get_controller
-
-        ctl = get_controller(self._viewer, create=False)
-        if (self.model is None and ctl is not None and ctl.segmenter is not None
-                and ctl.image_layer is unwrap(image) and ctl.model_name == name):
-            return ctl.segmenter, ctl.busy
-        key = (name if self.model is None else id(self.model), id(unwrap(image)), id(layer_array(image)))
-        if self._seg is None or self._seg[0] != key:
-            from ..engine.prediction.segmenter import Segmenter
-
-            seg = Segmenter(model=self.model if self.model is not None else name)
-            seg.set_image(layer_array(image), rgb=is_rgb(image))
-            self._seg = (key, seg)
-        return self._seg[1], None
-
-    def _predictor(self, image: Any, name: str | None) -> Any:
-        if self.predict_fn is not None:
-            return self.predict_fn
-        from ..engine.volumes.propagation import segmenter_predict_fn
-
-        seg, busy = self._segmenter(image, name)
-        fn = segmenter_predict_fn(seg)
-        if busy is None:
-            return fn
-
-        def locked(z, prompt):
-            with busy():
-                return fn(z, prompt)
-
-        return locked
-
     # ---- actions ------------------------------------------------------------------------------
     def propagate_object(self, directions: tuple[int, ...] = (1, -1)) -> Job | None:
         """Propagate the object 'object id' from the displayed slice (replacing it beyond that slice)."""
@@ -201,29 +166,19 @@ class PropagationWidget(Container):
         return self._propagate(ids, (1, -1))
 
     def _propagate(self, ids: list[int], directions: tuple[int, ...]) -> Job | None:
-        from ..engine.volumes.propagation import propagate, seeds_from_labels
-
         if self.running:
             return self._job
         try:
             image, labels, z = self._layers_and_slice()
-            before = np.array(labels.data)
-            seeds = seeds_from_labels(before, ids, z)
+            make_gen = self.session.propagate(image, np.asarray(labels.data), z, ids, directions, self._model.value)
         except NapariSamError as e:
             return self._refuse(e)
-        work = before.copy()  # filled in place by propagate(); partial results survive a cancel
-        name = self._model.value  # widget values are read here, on the GUI thread
-
-        def make_gen():  # runs in the worker, the diff too
-            gen = propagate(self._predictor(image, name), seeds, labels=work, directions=directions)
-            result = yield from self._cancellable(gen, lambda: work)
-            index = np.nonzero(before != result)
-            return index, before[index], result[index]
 
         def done(diff):
-            n = self._write(labels, *diff, set(ids))
+            n = self.session.write_diff(labels, diff, set(ids))
             what = f"object {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects"
-            self._status.value = f"{'cancelled; kept partial result of' if self._stop else 'propagated'} {what} " \
+            stopped = self.session.stop_requested
+            self._status.value = f"{'cancelled; kept partial result of' if stopped else 'propagated'} {what} " \
                                  f"from slice {z}: {n} voxels changed"
 
         return self._start(make_gen, done, f"propagating {len(ids)} object(s) from slice {z}")
@@ -236,50 +191,25 @@ class PropagationWidget(Container):
             image, labels, z = self._layers_and_slice()
         except NapariSamError as e:
             return self._refuse(e)
-        from ..adapters.layer_data import layer_array
-
-        name, points = self._model.value, int(self._points.value)
-
-        def make_gen():
-            if self.segment_slice is not None:
-                return np.asarray(self.segment_slice(np.asarray(layer_array(image)[z])))
-                yield  # pragma: no cover  (a generator)
-            from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
-
-            seg, _ = self._segmenter(image, name)
-            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)
-            return (yield from self._cancellable(
-                amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
+        settings = AutoSettings(points_per_side=int(self._points.value))
+        make_gen = self.session.segment_slice_automatically(image, z, settings, self._model.value)
 
         def done(result):
             if result is None:
                 self._status.value = "cancelled: nothing written"
                 return
-            self._status.value = f"slice {z}: {self._write_new_ids(labels, z, np.asarray(result))} new objects"
+            self._status.value = f"slice {z}: {self.session.write_new_ids(labels, z, np.asarray(result))} new objects"
 
         return self._start(make_gen, done, f"segmenting slice {z}")
 
     def cancel(self, _=None) -> None:
         """Stop at the next slice; what was propagated so far is written (undo with Ctrl+Z)."""
         if self._busy:
-            self._stop = True
+            self.session.cancel()
             self._status.value = "cancelling..."
 
     # ---- plumbing -----------------------------------------------------------------------------
-    def _cancellable(self, gen, partial):
-        """Yield from ``gen`` until done or cancelled; on cancel return ``partial()`` instead of its result."""
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield p
-            if self._stop:
-                gen.close()
-                return partial()
-
     def _start(self, make_gen, on_done, description: str) -> Job:
-        self._stop = False
         self._status.value = description + "..."
         self._set_busy(True)
         self._job = start_generator_job(make_gen, description=f"napari-sam: {description}",
@@ -308,34 +238,3 @@ class PropagationWidget(Container):
 
         self._status.value = f"error: {e}"
         show_error(f"napari-sam propagation: {e}")
-
-    @staticmethod
-    def _commit(layer: Any, index: tuple, values: np.ndarray) -> int:
-        """Write ``values`` at fancy ``index`` as one undo step; returns the number of voxels written."""
-        if len(index[0]):
-            with layer.block_history():
-                layer.data_setitem(index, values.astype(layer.data.dtype))
-            layer.refresh()
-        return int(len(index[0]))
-
-    def _write(self, layer: Any, index: tuple, old: np.ndarray, new: np.ndarray, ids: set[int]) -> int:
-        """Write ``new`` at fancy ``index`` (was ``old``) where both are background or in ``ids``."""
-        allowed = np.array(sorted(ids | {0}))
-        ok = np.isin(old, allowed) & np.isin(new, allowed)
-        ok &= np.asarray(layer.data[index]) == old  # edited meanwhile by the user: keep the user's value
-        return self._commit(layer, tuple(i[ok] for i in index), new[ok])
-
-    def _write_new_ids(self, layer: Any, z: int, result: np.ndarray) -> int:
-        """Write (H, W) slice labels ``result`` on background of slice ``z`` as new consecutive ids."""
-        plane = np.asarray(layer.data[z])
-        if result.shape != plane.shape:
-            raise InvalidImageError(f"Automatic labels of shape {result.shape} do not fit slice shape {plane.shape}.")
-        free = (result > 0) & (plane == 0)
-        found = np.unique(result[free])
-        start = int(np.asarray(layer.data).max()) + 1
-        if len(found) and start + len(found) - 1 > np.iinfo(plane.dtype).max:
-            raise InvalidImageError(f"Labels layer {layer.name!r} ({plane.dtype}) has no room for "
-                                    f"{len(found)} new ids; convert it to a wider integer type.")
-        new_ids = np.searchsorted(found, result[free]) + start
-        rows, cols = np.nonzero(free)
-        return 0 if not self._commit(layer, (np.full_like(rows, z), rows, cols), new_ids) else len(found)

@@ -17,9 +17,9 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ..errors import NapariSamError
+from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
-FROM_FILE = "from file..."
 
 
 def layer_pairs(image_data, labels_data) -> list:
@@ -48,8 +48,8 @@ class TrainingWidget(Container):
         self.last_result: Any = None
         self._image = ComboBox(label="image", choices=self._layer_choices("Image"), nullable=True)
         self._labels = ComboBox(label="labels", choices=self._layer_choices("Labels"), nullable=True)
-        self._model = ComboBox(label="start from", choices=self._model_choices)
-        self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth", visible=False)
+        self._picker = ModelPicker("start from")
+        self._model, self._model_file = self._picker.combo, self._picker.file
         self._decoder_only = CheckBox(text="decoder only (freeze encoder, faster)", value=True)
         self._epochs = SpinBox(label="epochs", min=1, max=10000, value=20)
         self._interactions = SpinBox(label="prompt rounds", min=1, max=16, value=4)
@@ -62,7 +62,6 @@ class TrainingWidget(Container):
         self.extend([self._image, self._labels, self._model, self._model_file, self._decoder_only, self._epochs,
                      self._interactions, self._output, self._resume, self._overwrite, self._run, self._cancel,
                      self._status])
-        self._model.changed.connect(lambda v: setattr(self._model_file, "visible", v == FROM_FILE))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -80,19 +79,6 @@ class TrainingWidget(Container):
     def _refresh(self, _event=None) -> None:
         self._image.reset_choices()
         self._labels.reset_choices()
-
-    def _model_choices(self, _widget=None) -> list[str]:
-        from ..engine.models.zoo import list_models
-
-        return [e.name for e in list_models()] + [FROM_FILE]
-
-    def _model_spec(self) -> str:
-        if self._model.value == FROM_FILE:
-            path = str(self._model_file.value or "")
-            if not path or not Path(path).is_file():
-                raise NapariSamError("Choose a checkpoint file for 'start from: from file...'.")
-            return path
-        return self._model.value
 
     @property
     def running(self) -> bool:
@@ -113,7 +99,7 @@ class TrainingWidget(Container):
                 raise NapariSamError("Choose where to save the fine-tuned model (save as).")
             check_output(out, bool(self._resume.value), bool(self._overwrite.value))
             pairs = layer_pairs(image.data[0] if image.multiscale else image.data, labels.data)
-            spec = self._model_spec()
+            spec = self._picker.spec()
         except NapariSamError as e:
             self._status.value = str(e)
             return None

@@ -13,10 +13,9 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ..engine.progress import run_blocking
+from ..engine.progress import CANCELLED, relay, run_blocking
 
 SYNC_ENV = "NAPARI_SAM_SYNC"
-_CANCELLED = object()  # what a cancelled job's worker returns (not passed to on_return)
 
 
 def sync_mode() -> bool:
@@ -87,18 +86,7 @@ def start_generator_job(
     def work():
         # Cooperative cancel instead of worker.quit(): quitting leaves the generator
         # suspended (closed only when garbage-collected, on whichever thread that is).
-        gen = make_gen()
-        try:
-            while True:
-                if job.cancelled:
-                    return _CANCELLED
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                yield p
-        finally:
-            gen.close()
+        return (yield from relay(make_gen(), cancelled=lambda: job.cancelled))  # CANCELLED when cancelled
 
     worker = create_worker(work, _start_thread=False, _ignore_errors=True)
     job = Job(worker, tag)  # read by work() once the worker runs
@@ -111,7 +99,7 @@ def start_generator_job(
             on_finish()
 
     worker.yielded.connect(lambda p: _update_bar(bar, p))
-    worker.returned.connect(lambda result: None if result is _CANCELLED else on_return(result))
+    worker.returned.connect(lambda result: None if result is CANCELLED else on_return(result))
     worker.errored.connect(on_error)
     worker.finished.connect(finished)
     worker.start()

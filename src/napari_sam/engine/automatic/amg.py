@@ -36,9 +36,9 @@ import torch
 
 from ...errors import InvalidImageError, InvalidParameterError
 from ...model.sam import Sam
-from .amg_decoder import decode_shared_image, supports_fast_decoding
 from .amg_grid import build_all_layer_point_grids, generate_crop_boxes
 from .label_image import clean_local_mask, paint_label_image
+from .settings import DEFAULTS, AutoSettings, check_amg_values
 from .mask_data import (
     MaskRecords,
     batched_mask_to_box,
@@ -49,8 +49,9 @@ from .mask_data import (
     masks_to_local,
 )
 from ..images.normalize import to_uint8_rgb
+from ..models.device import InferenceOptions
 from ..prediction.predictor import Embedding, SamPredictor
-from ..progress import Progress, run_blocking
+from ..progress import Progress, relay, run_blocking
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -85,15 +86,18 @@ class SamAutomaticMaskGenerator:
             leave out of label images (:meth:`generate_labels`) objects with fewer visible pixels.
         output_mode: ``"binary_mask"`` ((H, W) bool), ``"uncompressed_rle"`` or ``"coco_rle"``
             (needs pycocotools).
+        options: how the model runs (device, precision, compile): pass the interactive
+            predictor's ``options`` so automatic runs use the precision the user chose;
+            ``None`` resolves the defaults (:meth:`InferenceOptions.resolve`).
     """
 
     def __init__(
         self,
         model: Sam,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        points_per_side: int | None = DEFAULTS.points_per_side,
+        points_per_batch: int = DEFAULTS.points_per_batch,
+        pred_iou_thresh: float = DEFAULTS.pred_iou_thresh,
+        stability_score_thresh: float = DEFAULTS.stability_score_thresh,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -101,8 +105,10 @@ class SamAutomaticMaskGenerator:
         crop_overlap_ratio: float = 512 / 1500,
         crop_n_points_downscale_factor: int = 1,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
+        min_mask_region_area: int = DEFAULTS.min_mask_region_area,
         output_mode: str = "binary_mask",
+        *,
+        options: InferenceOptions | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise InvalidParameterError(
@@ -111,11 +117,9 @@ class SamAutomaticMaskGenerator:
             )
         if not isinstance(crop_n_layers, int) or crop_n_layers < 0:
             raise InvalidParameterError(f"crop_n_layers must be an int >= 0, got {crop_n_layers!r}.")
-        if not isinstance(points_per_batch, int) or points_per_batch < 1:
-            raise InvalidParameterError(f"points_per_batch must be an int >= 1, got {points_per_batch!r}.")
+        check_amg_values(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                         min_mask_region_area)
         if points_per_side is not None:
-            if not isinstance(points_per_side, (int, np.integer)) or points_per_side < 1:
-                raise InvalidParameterError(f"points_per_side must be an int >= 1, got {points_per_side!r}.")
             if not isinstance(crop_n_points_downscale_factor, int) or crop_n_points_downscale_factor < 1:
                 raise InvalidParameterError(
                     f"crop_n_points_downscale_factor must be an int >= 1, got {crop_n_points_downscale_factor!r}."
@@ -149,10 +153,8 @@ class SamAutomaticMaskGenerator:
                     "output_mode='coco_rle' needs pycocotools (pip install pycocotools); "
                     "or use output_mode='uncompressed_rle'."
                 ) from None
-        if min_mask_region_area < 0:
-            raise InvalidParameterError(f"min_mask_region_area must be >= 0, got {min_mask_region_area!r}.")
 
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, options=options)
         self.point_grids = grids
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -165,6 +167,25 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.settings: AutoSettings | None = None  # set by from_settings: tiling for label_slice_iter
+
+    @classmethod
+    def from_settings(cls, model: Sam, settings: AutoSettings = DEFAULTS, *,
+                      options: InferenceOptions | None = None) -> SamAutomaticMaskGenerator:
+        """The generator for checked :class:`~napari_sam.engine.automatic.settings.AutoSettings`
+        (their ``tile_shape``/``halo`` go to :meth:`generate_labels`: see :meth:`label_slice`)."""
+        if settings.method != "amg":
+            raise InvalidParameterError(f"Settings for method {settings.method!r} cannot run the grid-prompt generator.")
+        amg = cls(model, **settings.amg_kwargs(), options=options)
+        amg.settings = settings
+        return amg
+
+    def label_slice_iter(self, image: np.ndarray, intensity_limits: tuple[float, float] | None = None,
+                         ) -> Generator[Progress, None, np.ndarray]:
+        """:meth:`generate_labels_iter` tiled as this generator's settings say (whole image without settings)."""
+        s = self.settings
+        tile, halo = (None, None) if s is None else (s.tile_shape, s.halo)
+        return (yield from self.generate_labels_iter(image, intensity_limits, tile_shape=tile, halo=halo))
 
     # ---- public API ----------------------------------------------------------------------------
     def generate(
@@ -245,26 +266,21 @@ class SamAutomaticMaskGenerator:
 
     def _tiled_labels_iter(self, image, intensity_limits, tile_shape, halo):
         from ..images.normalize import check_image, intensity_range
-        from ..prediction.tiling import TileGrid
+        from ..prediction.tiling import TileGrid, default_halo
 
         arr = check_image(image)
         if arr.dtype != np.uint8 and intensity_limits is None:
             intensity_limits = intensity_range(arr)  # one rule for the whole image, not per tile
         rgb = to_uint8_rgb(arr, intensity_limits)
         shape = rgb.shape[:2]
-        if halo is None:
-            ts = (tile_shape, tile_shape) if np.isscalar(tile_shape) else tuple(tile_shape)
-            halo = tuple(max(0, int(t) // 8) for t in ts)
-        grid = TileGrid(shape, tile_shape, halo)
+        grid = TileGrid(shape, tile_shape, default_halo(tile_shape) if halo is None else halo)
         masks, boxes, scores = [], [], []
         for k, tile in enumerate(grid):
-            gen = self._records_iter(rgb[tile.outer_slices], None, None)
-            try:
-                while True:
-                    p = next(gen)
-                    yield Progress(k * p.total + p.done, len(grid) * max(p.total, 1), f"tile {k + 1}/{len(grid)}")
-            except StopIteration as stop:
-                records, _ = stop.value
+            records, _ = yield from relay(
+                self._records_iter(rgb[tile.outer_slices], None, None),
+                each=lambda p, k=k: Progress(k * p.total + p.done, len(grid) * max(p.total, 1),
+                                             f"tile {k + 1}/{len(grid)}"),
+            )
             r0, c0 = tile.origin
             for local, box, score in zip(records["masks"] if len(records) else [],
                                          records["boxes"].tolist() if len(records) else [],
@@ -343,26 +359,14 @@ class SamAutomaticMaskGenerator:
         def passing(iou: torch.Tensor) -> torch.Tensor:
             return iou > thresh if thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
 
-        if supports_fast_decoding(model.mask_decoder):
-            iou, prompt_idx, low = decode_shared_image(
-                model.mask_decoder, features, image_pe, sparse, dense[:1],
-                select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
-                compute_dtype=dtype,
-            )
-            keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
-            flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
-            return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
-        low_res, iou = model.mask_decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            **({} if dtype is None else {"compute_dtype": dtype}),
+        iou, prompt_idx, low = model.mask_decoder.decode_shared_image(
+            features, image_pe, sparse, dense,
+            select=lambda iou: passing(iou).any(dim=1).nonzero()[:, 0],
+            compute_dtype=dtype,
         )
-        iou = iou.flatten().float()
-        flat = passing(iou).nonzero()[:, 0]
-        return iou, flat, low_res.flatten(0, 1)[flat].float()
+        keep = passing(iou)[prompt_idx].nonzero()  # (n, 2): row in prompt_idx, mask index
+        flat = prompt_idx[keep[:, 0]] * iou.shape[1] + keep[:, 1]
+        return iou.flatten().float(), flat, low[keep[:, 0], keep[:, 1]].float()
 
     @torch.inference_mode()
     def _process_batch(self, points: np.ndarray, crop_size, crop_box, orig_size) -> MaskRecords:

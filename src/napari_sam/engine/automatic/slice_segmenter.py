@@ -4,17 +4,19 @@ A *slice segmenter* is any callable ``(image) -> labels`` taking one 2D slice
 ((H, W) or (H, W, C) numpy) and returning (H, W) int32 instance labels
 (0 = background, ids local to the slice). Batch runs accept any such callable;
 by default they build one from a :class:`SliceSegmenterSpec` (model name or
-checkpoint path + automatic-mask-generator settings), which is small, hashable
-and picklable, so Dask workers can rebuild it and load the model once per
+checkpoint path, device/precision and :class:`~napari_sam.engine.automatic.settings.AutoSettings`),
+which is small, hashable and picklable, so Dask workers can rebuild it and load the model once per
 worker process (:func:`build_cached`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+from .settings import DEFAULTS, AutoSettings
 
 SegmentSliceFn = Callable[[np.ndarray], np.ndarray]
 
@@ -24,54 +26,47 @@ _CACHE: dict["SliceSegmenterSpec", SegmentSliceFn] = {}
 
 @dataclass(frozen=True)
 class SliceSegmenterSpec:
-    """How to build the default slice segmenter: SAM automatic mask generation.
+    """How to build the default slice segmenter: SAM automatic segmentation.
 
     Attributes:
         model: zoo name or checkpoint path; None = :func:`~napari_sam.engine.models.zoo.default_model_name`.
-        device, precision: see :mod:`napari_sam.engine.models.device`.
-        points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area:
-            passed to :class:`~napari_sam.engine.automatic.amg.SamAutomaticMaskGenerator`.
+        device, precision: resolved on the process that builds it into
+            :class:`~napari_sam.engine.models.device.InferenceOptions`.
+        settings: the checked :class:`~napari_sam.engine.automatic.settings.AutoSettings`
+            (grid, thresholds, and ``tile_shape``/``halo`` for large slices).
         intensity_limits: (low, high) used to normalise every slice of a non-uint8
             stack the same way (computed once over the stack); None for uint8.
-        tile: (rows, cols) tile size for large slices, or None (whole slice at once).
     """
 
     model: str | None = None
     device: str | None = None
     precision: str | None = None
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_mask_region_area: int = 0
+    settings: AutoSettings = DEFAULTS
     intensity_limits: tuple[float, float] | None = None
-    tile: tuple[int, int] | None = None
 
     def describe(self) -> dict:
         """JSON-able description (recorded in the job metadata of a batch output)."""
-        d = asdict(self)
-        d["kind"] = "sam-amg"
+        d = {"kind": f"sam-{self.settings.method}", "model": self.model, "device": self.device,
+             "precision": self.precision, **self.settings.describe(),
+             "intensity_limits": None if self.intensity_limits is None else list(self.intensity_limits)}
         return d
 
     def build(self) -> SegmentSliceFn:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
         from .amg import SamAutomaticMaskGenerator
+        from ..models.device import InferenceOptions
         from ..models.zoo import default_model_name, load_model
+        from ..progress import run_blocking
 
-        model = load_model(self.model or default_model_name(), device=self.device, precision=self.precision,
-                           progressbar=False)
-        amg = SamAutomaticMaskGenerator(
-            model,
-            points_per_side=self.points_per_side,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            min_mask_region_area=self.min_mask_region_area,
-        )
+        options = InferenceOptions.resolve(self.device, self.precision)
+        model = load_model(self.model or default_model_name(), device=options.device, progressbar=False)
+        amg = SamAutomaticMaskGenerator.from_settings(model, self.settings, options=options)
         limits = self.intensity_limits
 
         def segment(image: np.ndarray) -> np.ndarray:
-            return np.asarray(amg.generate_labels(np.asarray(image), intensity_limits=limits), dtype=np.int32)
+            return np.asarray(run_blocking(amg.label_slice_iter(np.asarray(image), limits)), dtype=np.int32)
 
-        return tiled(segment, self.tile) if self.tile else segment
+        return segment
 
 
 def build_cached(spec: SliceSegmenterSpec) -> SegmentSliceFn:
@@ -149,7 +144,11 @@ def _merge_seams(labels: np.ndarray, tile: tuple[int, int], min_contact: float =
 
 
 def tiled(segment: SegmentSliceFn, tile: tuple[int, int]) -> SegmentSliceFn:
-    """Run ``segment`` on (rows, cols) tiles of a slice and stitch the labels.
+    """Run a user's ``segment`` callable on (rows, cols) tiles of a slice and stitch the labels.
+
+    For callables only: SAM's slices are tiled by the automatic mask generator itself
+    (``generate_labels(tile_shape=..., halo=...)``: each mask is taken from the tile that
+    sees it with context), which a plain ``(image) -> labels`` callable cannot offer.
 
     Ids are made unique across tiles, then objects cut by a tile border are
     merged when they touch along most of the shorter side of the cut

@@ -1,6 +1,7 @@
 """Running a batch stack job on a ``dask.distributed`` cluster.
 
-Each slice is one task (:func:`segment_and_write`). The task reads its slice
+Each slice is one task (:func:`slice_task`, which runs
+:func:`napari_sam.engine.batch.stack_store.segment_and_write` like the local loop). The task reads its slice
 (from the input file, opened on the worker, or from data sent with the task
 for in-memory input), builds the slice segmenter once per worker process
 (:func:`napari_sam.engine.automatic.slice_segmenter.build_cached`: the model is loaded on
@@ -9,7 +10,7 @@ the first task and reused), segments, and writes the whole slice plus its
 writes, so a task re-run after a lost worker simply writes the same slice
 again; a slice is never half-written (zarr writes each chunk via temp file +
 rename, and the record follows the data). Linking then runs on the client
-(:meth:`napari_sam.engine.batch.run.StackStore.link`).
+(:meth:`napari_sam.engine.batch.stack_store.StackStore.link`).
 
 The output must be on storage every worker can reach (a shared filesystem on
 a cluster). Use it with ``segment_stack(..., client=Client(address))`` or
@@ -24,35 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidImageError
+from ...errors import BatchWriteError
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec
 from ..progress import Progress
-from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, resolve
+from .stack_store import StackSource, as_stack, resumable, segment_and_write
 
 #: input path/key -> opened stack, per worker process.
 _SOURCES: dict[Any, Any] = {}
 
 
-def _read(source, z: int) -> np.ndarray:
-    from .run import as_stack
-
+def _read(source: StackSource, z: int) -> np.ndarray:
     arr = _SOURCES.get(source)
     if arr is None:
         arr = _SOURCES[source] = as_stack(source.open())[0]
     return np.asarray(arr[z])
 
 
-def segment_and_write(seg: SegmentSliceFn | SliceSegmenterSpec, source, z: int, group_path: str,
-                      data: np.ndarray | None = None) -> int:
-    """Worker task: segment slice ``z`` and write it (and its record) to the output group. Returns ``z``."""
-    from .run import write_slice
-
-    image = data if data is not None else _read(source, z)
-    labels = np.asarray(resolve(seg)(image))
-    if labels.shape != image.shape[:2]:
-        raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
-                                f"expected {image.shape[:2]}.")
-    write_slice(group_path, z, labels)
-    return z
+def slice_task(seg: SegmentSliceFn | SliceSegmenterSpec, source: StackSource, z: int, group_path: str,
+               data: np.ndarray | None = None) -> int:
+    """Worker task: read slice ``z`` (or take ``data``), then :func:`segment_and_write`. Returns ``z``."""
+    return segment_and_write(seg, data if data is not None else _read(source, z), z, group_path)
 
 
 def connect(scheduler: str) -> Any:
@@ -71,9 +63,8 @@ def connect(scheduler: str) -> Any:
 def run_slices(
     client: Any,
     seg: SegmentSliceFn | SliceSegmenterSpec,
-    source,
+    source: StackSource,
     data: Any,
-    rgb: bool,
     group_path: str,
     todo: list[int],
     n_z: int,
@@ -90,7 +81,7 @@ def run_slices(
     futures = []
     for z in todo:
         kw = {} if data is None else {"data": np.asarray(data[z])}
-        futures.append(client.submit(segment_and_write, seg, source, z, group_path, pure=False,
+        futures.append(client.submit(slice_task, seg, source, z, group_path, pure=False,
                                      key=f"napari-sam-slice-{z}-{np.random.randint(1 << 30)}", **kw))
     finished = 0
     try:
@@ -98,11 +89,7 @@ def run_slices(
             try:
                 z = fut.result()
             except BatchWriteError as e:
-                from .run import _ranges
-
-                done = done_slices()
-                raise BatchWriteError(f"{e}. Slices finished and intact: {_ranges(done)}; "
-                                      f"run again (without overwrite) to resume.", done) from e
+                raise resumable(e, done_slices()) from e
             finished += 1
             yield Progress(done_before + finished, n_z, f"segmented slice {z}")
     finally:

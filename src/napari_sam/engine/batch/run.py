@@ -31,245 +31,19 @@ complete, belongs to another job, or is not ours is refused with
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidImageError, InvalidOutputError, OutputExistsError
+from ...errors import BatchWriteError, InvalidParameterError
+from ..automatic.settings import BATCH_DEFAULTS, AutoSettings
+from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve, tiled
 from ..progress import Progress, run_blocking
-from ..automatic.label_image import MIN_OBJECT_AREA
-from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve
-from ..volumes.stack_linking import StackLinker
-
-JOB_KEY = "napari_sam_job"
-FORMAT = "napari-sam-stack/1"
-
-
-# ---- input ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StackSource:
-    """Where the input stack lives: a file path (TIFF/OME-TIFF or zarr/OME-Zarr), or None for an
-    in-memory array. Picklable, so a Dask worker can open the file itself."""
-
-    path: str | None
-
-    def open(self) -> Any:
-        """The full-resolution array, lazy (:func:`napari_sam.engine.images.io.open_image`)."""
-        from ..images.io import open_image
-
-        return open_image(self.path).data
-
-
-def _open_input(input: Any) -> tuple[Any, StackSource]:
-    if isinstance(input, (str, os.PathLike)):
-        from ..images.io import INPUT_SUFFIXES
-
-        p = Path(input).expanduser()
-        if not p.exists():
-            raise InvalidImageError(f"Input {p} does not exist.")
-        if p.suffix.lower() not in INPUT_SUFFIXES:
-            raise InvalidImageError(f"Input {p}: expected one of {', '.join(INPUT_SUFFIXES)}.")
-        source = StackSource(str(p.resolve()))
-        return source.open(), source
-    if not hasattr(input, "shape"):
-        input = np.asarray(input)
-    return input, StackSource(None)
-
-
-def as_stack(arr: Any) -> tuple[Any, bool]:
-    """Interpret an array as a stack of 2D slices. Returns (array, rgb).
-
-    (H, W) -> one slice; (H, W, 3|4) -> one RGB slice; (Z, H, W); (Z, H, W, 3|4).
-    A 2D image is treated as a stack of one slice (the result then has Z = 1).
-    """
-    shape = tuple(arr.shape)
-    if 0 in shape:
-        raise InvalidImageError(f"The input stack of shape {shape} is empty.")
-    if len(shape) == 2:
-        return np.asarray(arr)[None], False  # one slice: read it (zarr arrays cannot add an axis lazily)
-    if len(shape) == 3 and shape[-1] in (3, 4) and shape[-2] > 4:
-        return np.asarray(arr)[None], True
-    if len(shape) == 3:
-        return arr, False
-    if len(shape) == 4 and shape[-1] in (3, 4):
-        return arr, True
-    raise InvalidImageError(
-        f"Cannot read an input of shape {shape} as a z-stack: expected (Z, H, W), (Z, H, W, 3|4) or a 2D image."
-    )
-
-
-def _fingerprint(stack: Any, source: StackSource) -> dict:
-    """Identify the input cheaply: path, shape, dtype and a hash of sampled pixels
-    (:func:`napari_sam.engine.store.fingerprint.image_fingerprint`)."""
-    from ..store.fingerprint import image_fingerprint
-
-    return {"path": source.path, "shape": list(stack.shape), "dtype": str(stack.dtype),
-            "pixels": image_fingerprint(stack)}
-
-
-# ---- output store -----------------------------------------------------------------------------
-def write_slice(group_path: str, z: int, labels: np.ndarray) -> None:
-    """Write slice ``z`` (whole chunk) to ``slices``, then set its ``done`` record. Idempotent."""
-    import zarr
-
-    try:
-        g = zarr.open_group(group_path, mode="r+")
-        g["slices"][z] = np.asarray(labels, dtype=np.int32)
-        g["done"][z] = 1
-    except OSError as e:
-        raise BatchWriteError(f"Writing slice {z} to {group_path} failed: {e}") from e
-
-
-class StackStore:
-    """The zarr group holding a job's slices, records and linked labels (see the module docstring).
-
-    Constructing it only checks (output suffix and folder, no overlap with ``inputs``, an existing
-    output resumable or refused); nothing is created or removed until :meth:`open`.
-    """
-
-    def __init__(self, output: str | os.PathLike, job: dict, shape: tuple[int, int, int], overwrite: bool,
-                 inputs: tuple[str | os.PathLike, ...] = ()) -> None:
-        from ..store.output_paths import check_output
-
-        self.output = Path(output).expanduser()
-        suffix = self.output.suffix.lower()
-        if suffix not in (".zarr", ".tif", ".tiff"):
-            raise InvalidOutputError(f"Output {self.output}: expected a .zarr, .tif or .tiff path.")
-        self.is_tiff = suffix != ".zarr"
-        self.group_path = self.output.with_name(self.output.name + ".partial.zarr") if self.is_tiff else self.output
-        check_output(self.output, inputs, also_writes=[self.group_path])
-        self.job = json.loads(json.dumps({**job, "format": FORMAT}))  # as stored (tuples -> lists)
-        self.shape = tuple(int(s) for s in shape)
-        self.overwrite = overwrite
-        self.group = None
-        self._plan()
-
-    def _existing_job(self, path: Path) -> dict | None:
-        import zarr
-
-        try:
-            return dict(zarr.open_group(str(path), mode="r").attrs).get(JOB_KEY)
-        except Exception:  # not a zarr group at all
-            return None
-
-    def _plan(self) -> None:
-        """Decide, touching nothing: start afresh, resume, or replace (overwrite); else refuse."""
-        self.resumed = False
-        self._replace = False
-        old = self._existing_job(self.group_path) if self.group_path.exists() else None
-        same = old is not None and old.get("job") == self.job
-        if self.group_path.is_dir() and not any(self.group_path.iterdir()):
-            self._replace = True  # an empty folder (e.g. left by a failed creation): nothing to lose
-        elif self.group_path.exists():
-            if self.overwrite:
-                self._replace = True
-            elif same and not old.get("complete"):
-                self.resumed = True
-            else:
-                why = ("holds a finished result of this job" if same else
-                       "holds the output of a different job" if old is not None else "is not a napari-sam output")
-                raise OutputExistsError(
-                    f"Output {self.group_path} exists and {why}; pass --overwrite / overwrite=True to replace it."
-                )
-        # A TIFF beside an unfinished group of this same job was written by this job just before a
-        # failure (the group is removed right after the TIFF is in place): finish the job again.
-        if self.is_tiff and self.output.exists() and not self.overwrite and not self.resumed:
-            raise OutputExistsError(f"Output {self.output} exists; pass --overwrite / overwrite=True to replace it.")
-
-    def open(self) -> None:
-        """Create the output group (or open the one to resume)."""
-        import zarr
-
-        if self.resumed:
-            self.group = zarr.open_group(str(self.group_path), mode="r+")
-            self._create_arrays(self.group)  # any that an interrupted creation left out
-            return
-        if self._replace:
-            _remove(self.group_path)
-        try:
-            # the job record first: an interrupted creation leaves a group that a rerun recognises
-            g = zarr.open_group(str(self.group_path), mode="w")
-            g.attrs[JOB_KEY] = {"job": self.job, "complete": False}
-            self._create_arrays(g)
-        except OSError as e:
-            _remove(self.group_path)  # nothing of value in it yet
-            raise BatchWriteError(f"Cannot create the output {self.group_path}: {e}. Nothing was written; "
-                                  "free space (or fix permissions) and run again.") from e
-        self.group = g
-
-    def _create_arrays(self, g) -> None:
-        z, h, w = self.shape
-        if "slices" not in g:
-            g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
-        if "done" not in g:
-            g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
-
-    def done_slices(self) -> list[int]:
-        return [int(i) for i in np.flatnonzero(self.group["done"][:])]
-
-    def write_slice(self, z: int, labels: np.ndarray) -> None:
-        write_slice(str(self.group_path), z, labels)
-
-    def link(self, iou_threshold: float) -> Generator[Progress, None, int]:
-        """Link all slices into ``labels``; a progress generator returning the number of 3D objects."""
-        z_n, h, w = self.shape
-        try:
-            out = self.group.create_array("labels", shape=(z_n, h, w), chunks=(1, h, w), dtype="int32",
-                                          fill_value=0, overwrite=True)
-            linker = StackLinker(iou_threshold)
-            slices = self.group["slices"]
-            for z in range(z_n):
-                out[z] = linker.link(slices[z])
-                yield Progress(z + 1, z_n, f"linking slice {z}")
-        except OSError as e:
-            raise BatchWriteError(f"Writing the linked labels to {self.group_path} failed: {e}",
-                                  self.done_slices()) from e
-        return linker.next_id - 1
-
-    def finish(self, n_objects: int) -> Path:
-        """Complete the output, marking it complete only once the final write has succeeded.
-
-        zarr: ``labels`` is written (by :meth:`link`), then the record is set complete.
-        TIFF: the TIFF is written atomically, then the partial group is removed; a failure
-        before that leaves the group unfinished, so running the job again finishes it.
-        """
-        try:
-            if not self.is_tiff:
-                self.group.attrs[JOB_KEY] = {"job": self.job, "complete": True, "n_objects": int(n_objects)}
-                return self.output
-            import tifffile
-
-            from ..store.atomic import atomic_path
-
-            with atomic_path(self.output) as tmp:
-                tifffile.imwrite(tmp, np.asarray(self.group["labels"][:]), photometric="minisblack", compression="zlib")
-        except OSError as e:
-            raise BatchWriteError(
-                f"Writing the final output {self.output} failed: {e}. All slices are kept in {self.group_path}; "
-                "free space (or fix the problem) and run the same command again to finish.",
-                self.done_slices()) from e
-        _remove(self.group_path)
-        return self.output
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or folder; a folder is first renamed aside, so a failure part-way never leaves a
-    half-removed output under the output's name."""
-    if path.is_dir() and not path.is_symlink():
-        aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            aside = path
-        shutil.rmtree(aside, ignore_errors=aside != path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+from .stack_store import StackStore, as_stack, input_fingerprint, open_input, resumable, segment_and_write
 
 
 # ---- the job ----------------------------------------------------------------------------------
@@ -305,10 +79,7 @@ def segment_stack(
     overwrite: bool = False,
     client: Any = None,
     segment_slice: SegmentSliceFn | None = None,
-    points_per_side: int = 32,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    min_mask_region_area: int = MIN_OBJECT_AREA,
+    settings: AutoSettings | None = None,
     precision: str | None = None,
     iou_threshold: float = 0.3,
 ) -> Generator[Progress, None, StackResult]:
@@ -319,13 +90,15 @@ def segment_stack(
         output: ``.zarr`` (a group, see the module docstring) or ``.tif``/``.tiff``.
         model: zoo name or checkpoint path for the default SAM slice segmenter
             (None: :func:`~napari_sam.engine.models.zoo.default_model_name`).
-        tile: (rows, cols) tiles for large slices.  device/precision: for the model.
+        tile: (rows, cols) tiles for large slices (for SAM the same as ``settings.tile_shape``:
+            tiled by the automatic mask generator; for ``segment_slice``, :func:`tiled`).
+        device/precision: how the model runs (resolved where it is built).
         overwrite: replace an existing output instead of refusing / resuming.
         client: a ``dask.distributed.Client``: slices run as tasks on its workers.
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
-        points_per_side ... min_mask_region_area: automatic mask generation settings; objects
-            smaller than ``min_mask_region_area`` pixels are left out (0 keeps every object).
+        settings: :class:`~napari_sam.engine.automatic.settings.AutoSettings` of the SAM slice
+            segmenter (None: the defaults).
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
@@ -338,29 +111,26 @@ def segment_stack(
         InvalidImageError for an empty or unreadable input, InvalidOutputError for an unusable
         output path, UnknownModelError / CheckpointError for a model that cannot be found.
     """
-    raw, source = _open_input(input)
+    raw, source = open_input(input)
     stack, rgb = as_stack(raw)
     if source.path is None and len(raw.shape) != len(stack.shape):
         raw = stack  # in-memory 2D input: send the added slice axis along
     n_z, h, w = (int(s) for s in stack.shape[:3])
     if segment_slice is None:
-        limits = None
-        if np.dtype(stack.dtype) != np.uint8:
-            from ..images.normalize import intensity_range
+        from ..images.image_slices import ImageSlices
 
-            picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 8)).astype(int))
-            limits = tuple(float(v) for v in intensity_range(np.stack([np.asarray(stack[int(z)]) for z in picks])))
+        settings = _with_tile(settings if settings is not None else BATCH_DEFAULTS, tile)
+        tile = settings.tile_shape
         seg: SegmentSliceFn | SliceSegmenterSpec = SliceSegmenterSpec(
-            model=None if model is None else str(model), device=device, precision=precision,
-            points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),
-            stability_score_thresh=float(stability_score_thresh), min_mask_region_area=int(min_mask_region_area),
-            intensity_limits=limits, tile=None if tile is None else (int(tile[0]), int(tile[1])),
+            model=None if model is None else str(model), device=device, precision=precision, settings=settings,
+            intensity_limits=ImageSlices(stack, rgb=rgb).intensity_limits(),
         )
     else:
-        from ..automatic.slice_segmenter import tiled
-
+        if settings is not None:
+            raise InvalidParameterError("settings are for SAM's automatic segmentation; a segment_slice "
+                                        "callable takes none (give one or the other).")
         seg = tiled(segment_slice, tile) if tile else segment_slice
-    job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
+    job = {"input": input_fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
     # everything is checked before the output is created: the model too (loaded here; on a
@@ -369,7 +139,8 @@ def segment_stack(
         from ..models.zoo import check_model
 
         check_model(seg.model)  # a typo gets "did you mean" before anything is loaded or created
-    fn = None if client is not None else resolve(seg)
+    if client is None:
+        resolve(seg)  # builds (and caches) the model now, so a broken model fails before the output exists
     store.open()
     done_before = store.done_slices()
     todo = [z for z in range(n_z) if z not in set(done_before)]
@@ -378,39 +149,28 @@ def segment_stack(
     if client is not None:
         from .distributed import run_slices
 
-        yield from run_slices(client, seg, source, raw if source.path is None else None, rgb,
+        yield from run_slices(client, seg, source, raw if source.path is None else None,
                               str(store.group_path), todo, n_z, len(done_before), store.done_slices)
     else:
         for i, z in enumerate(todo):
-            image = np.asarray(stack[z])
-            labels = np.asarray(fn(image))
-            if labels.shape != (h, w):
-                raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
-                                        f"expected {(h, w)}.")
             try:
-                store.write_slice(z, labels)
+                segment_and_write(seg, np.asarray(stack[z]), z, str(store.group_path))
             except BatchWriteError as e:
-                raise BatchWriteError(f"{e}. Slices finished and intact: {_ranges(store.done_slices())}; "
-                                      f"run again (without overwrite) to resume.", store.done_slices()) from e
+                raise resumable(e, store.done_slices()) from e
             yield Progress(len(done_before) + i + 1, n_z, f"segmented slice {z}")
     n_objects = yield from store.link(iou_threshold)
     path = store.finish(n_objects)
     return StackResult(path, n_objects, n_z, len(done_before))
 
 
-def _ranges(zs: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5' (or 'none')."""
-    if not zs:
-        return "none"
-    out, start, prev = [], zs[0], zs[0]
-    for z in zs[1:] + [None]:
-        if z is not None and z == prev + 1:
-            prev = z
-            continue
-        out.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if z is not None:
-            start = prev = z
-    return ", ".join(out)
+def _with_tile(settings: AutoSettings, tile) -> AutoSettings:
+    """``settings`` with ``tile`` as its tile shape; a different tile in both is refused."""
+    if tile is None:
+        return settings
+    if settings.tile_shape is not None and tuple(settings.tile_shape) != tuple(int(t) for t in tile):
+        raise InvalidParameterError(f"tile={tuple(tile)} and settings.tile_shape={settings.tile_shape} disagree; "
+                                    "give the tile shape once.")
+    return replace(settings, tile_shape=tile)
 
 
 def segment_stack_blocking(

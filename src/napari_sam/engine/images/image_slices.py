@@ -30,6 +30,13 @@ def level0(image: Any) -> Any:
     return image
 
 
+def guess_rgb(shape: Sequence[int]) -> bool:
+    """Whether the last axis of an array of ``shape`` is read as colour channels when nobody says:
+    a >= 3D array whose last axis has length 3 or 4 and whose next-to-last (the width) is longer."""
+    shape = tuple(shape)
+    return len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+
+
 class ImageSlices:
     """A checked (..., H, W) or (..., H, W, C) array and its 2D slices.
 
@@ -47,7 +54,7 @@ class ImageSlices:
         if 0 in shape:
             raise InvalidImageError(f"Image of shape {shape} is empty.")
         if rgb is None:
-            rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+            rgb = guess_rgb(shape)
         if rgb and shape[-1] not in (3, 4):
             raise InvalidImageError(f"rgb=True but the last axis has length {shape[-1]} (expected 3 or 4).")
         if rgb and len(shape) < 3:
@@ -131,4 +138,4 @@ class ImageSlices:
         return np.asarray(self.array[key + tile.outer_slices])
 
 
-__all__ = ["FULL_SLICE_SAMPLE_PIXELS", "ImageSlices", "level0"]
+__all__ = ["FULL_SLICE_SAMPLE_PIXELS", "ImageSlices", "guess_rgb", "level0"]

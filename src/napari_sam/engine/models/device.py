@@ -1,9 +1,17 @@
-"""Choosing the compute device and the numeric precision of the encoder."""
+"""Choosing how a model runs: the compute device, the numeric precision and ``torch.compile``.
+
+:class:`InferenceOptions` holds the three, checked once by :meth:`InferenceOptions.resolve`
+(the one validator: :func:`resolve_device`, :func:`resolve_precision`, :func:`compile_requested`,
+each raising :class:`~napari_sam.errors.DeviceError`). The predictor owns its options and everything
+that runs the model (segmenter, automatic mask generator, batch, widgets, CLI) is handed them
+explicitly; nothing is stored on the model.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -142,3 +150,40 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     import torch._dynamo  # noqa: F401
 
     return torch.compile(module, dynamic=False)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a model runs: ``device``, ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``) and ``compile``.
+
+    Build it with :meth:`resolve` (defaults, environment variables and hardware fallbacks);
+    direct construction checks the values but applies no fallback.
+    """
+
+    device: torch.device
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, torch.device):
+            object.__setattr__(self, "device", resolve_device(self.device))
+        object.__setattr__(self, "precision", _canonical_precision(self.precision))
+        if not isinstance(self.compile, bool):
+            raise DeviceError(f"compile must be True or False, got {self.compile!r}.")
+
+    @classmethod
+    def resolve(
+        cls,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        compile: bool | None = None,
+    ) -> InferenceOptions:
+        """Options from user choices; ``None`` means the default (see :func:`resolve_device`,
+        :func:`resolve_precision`, :func:`compile_requested`). Raises :class:`DeviceError`."""
+        dev = resolve_device(device)
+        return cls(dev, resolve_precision(precision, dev), compile_requested(compile))
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The reduced dtype (``None`` for fp32)."""
+        return autocast_dtype(self.precision)

@@ -276,7 +276,7 @@ def _check_architecture(state: dict, model_type: str, source: str) -> None:
         )
 
 
-def _build(state: dict, model_type: str, source: str, device, precision):
+def _build(state: dict, model_type: str, source: str, device):
     from ...model import build_sam
     from ...model.checkpoint import load_into
     from .device import resolve_device
@@ -287,14 +287,12 @@ def _build(state: dict, model_type: str, source: str, device, precision):
         load_into(model, state, model_type)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from e
-    model.precision = precision
     return model
 
 
 def load_model(
     name_or_path: str | os.PathLike,
     device=None,
-    precision: str | None = None,
     *,
     model_type: str | None = None,
     progressbar: bool = True,
@@ -307,13 +305,13 @@ def load_model(
             means the zoo model; pass a ``Path`` to force a file.
         device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or ``None``
             for the default (``NAPARI_SAM_DEVICE``, else CUDA, MPS, CPU).
-        precision: stored as ``model.precision`` for the engine.
         model_type: architecture of a local file; guessed from its tensors when
             left out. For zoo names it must agree with the entry.
         progressbar: show a tqdm bar while downloading.
 
     Returns:
-        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device.
+        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device. The precision it
+        runs in is chosen where it runs (``SamPredictor``/``Segmenter``/... ``precision=``).
 
     Raises:
         UnknownModelError: neither a zoo name nor an existing file.
@@ -326,7 +324,7 @@ def load_model(
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
         state = _read_zoo_weights(entry, progressbar)
-        return _build(state, arch, f"Zoo model {entry.name!r}", device, precision)
+        return _build(state, arch, f"Zoo model {entry.name!r}", device)
 
     check_model(name_or_path)  # a missing file or an unknown name (with "did you mean")
     path = Path(name_or_path).expanduser()
@@ -340,7 +338,7 @@ def load_model(
                 f"Cannot tell which SAM architecture {path} holds ({model_type}); pass model_type= "
                 f"(vit_b, vit_l, vit_h, vit_t or tiny)."
             )
-    return _build(state, model_type, f"Checkpoint {path}", device, precision)
+    return _build(state, model_type, f"Checkpoint {path}", device)
 
 
 __all__ = ["REGISTRY", "ModelEntry", "check_model", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]

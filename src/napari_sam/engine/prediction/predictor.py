@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from ...errors import ImageNotSetError, InvalidImageError, InvalidPromptError
+from ...errors import DeviceError, ImageNotSetError, InvalidImageError, InvalidPromptError
 from ...model.mask_decoder import upscale_masks
 from ...model.sam import Sam
 from ...model.transforms import ResizeLongestSide
 from .allocator import tune_allocator
-from ..models.device import autocast_dtype, compile_module, compile_requested, resolve_precision
+from ..models.device import InferenceOptions, compile_module
 from ..images.normalize import to_uint8_rgb
 from .prompts import check_box, check_mask_input, check_points
 
@@ -43,30 +43,60 @@ class Embedding:
     input_size: tuple[int, int]
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are the same device."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 class SamPredictor:
     """Two-phase SAM inference: :meth:`set_image` once, :meth:`predict` per prompt."""
 
-    def __init__(self, sam_model: Sam, precision: str | None = None, compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        sam_model: Sam,
+        precision: str | None = None,
+        compile: bool | None = None,
+        *,
+        options: InferenceOptions | None = None,
+    ) -> None:
         """Args:
             sam_model: the model (its device is used).
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder and the mask
                 decoder's products with the image tokens (:attr:`decoder_dtype`); ``None`` means
-                ``sam_model.precision`` if set, else ``NAPARI_SAM_PRECISION``, else the device's
-                default (:func:`napari_sam.engine.models.device.default_precision`). Unsupported choices
+                ``NAPARI_SAM_PRECISION``, else the device's default
+                (:func:`napari_sam.engine.models.device.default_precision`). Unsupported choices
                 fall back with a warning.
             compile: compile the image encoder with ``torch.compile`` on first use (opt-in; ``None``
                 reads ``NAPARI_SAM_COMPILE=1``). Falls back to eager with a warning if compiling fails.
+            options: resolved :class:`~napari_sam.engine.models.device.InferenceOptions` instead of
+                ``precision``/``compile`` (their device must be the model's).
         """
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
-        self.precision = resolve_precision(
-            precision if precision is not None else getattr(sam_model, "precision", None), self.device
-        )
-        self.compile = compile_requested(compile)
+        if options is None:
+            options = InferenceOptions.resolve(self.device, precision, compile)
+        elif precision is not None or compile is not None:
+            raise DeviceError("Give either options or precision/compile, not both.")
+        elif not _same_device(options.device, self.device):
+            raise DeviceError(
+                f"The inference options are for device {options.device} but the model is on {self.device}; "
+                "move the model (model.to(device)) or resolve the options for its device."
+            )
+        self.options = options
         self._compiled_encoder = None
         if self.device.type == "cpu":
             tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/prediction/allocator.py)
         self.reset_image()
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision (``self.options.precision``)."""
+        return self.options.precision
+
+    @property
+    def compile(self) -> bool:
+        """Whether the encoder is compiled (``self.options.compile``; False after a failed compile)."""
+        return self.options.compile
 
     @property
     def device(self) -> torch.device:
@@ -80,7 +110,7 @@ class SamPredictor:
         and its upscaling are bf16/fp16; the prompt tokens and every returned logit and
         IoU stay fp32.
         """
-        return autocast_dtype(self.precision)
+        return self.options.autocast_dtype
 
     # ---- image phase -------------------------------------------------------------------------
     def set_image(
@@ -132,7 +162,7 @@ class SamPredictor:
         attention in bf16/fp16; normalisation in fp32), so the model's weights stay fp32.
         """
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        dtype = autocast_dtype(self.precision)
+        dtype = self.options.autocast_dtype
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), ctx:
             if self.compile:
@@ -154,7 +184,7 @@ class SamPredictor:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self.compile = False
+            self.options = replace(self.options, compile=False)
             self._compiled_encoder = None
             return None
 

@@ -36,13 +36,13 @@ from .predictor import Embedding, SamPredictor
 from ..progress import Progress, run_blocking
 from .prompts import check_rowcol_prompts
 from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
-from .tiling import Tile, TileGrid, check_tiling
+from .tiling import Tile, TileGrid, check_tiling, default_halo
 
-def _resolve_model(model: Any, device, precision):
+def _resolve_model(model: Any, device):
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         from ..models.zoo import default_model_name, load_model
 
-        return load_model(model if model is not None else default_model_name(), device=device, precision=precision)
+        return load_model(model if model is not None else default_model_name(), device=device)
     if device is not None:
         from ..models.device import resolve_device
 
@@ -57,7 +57,8 @@ class Segmenter:
         model: a zoo name (e.g. ``"vit_b"``), a checkpoint path, a built ``Sam``,
             or ``None`` for the default model.
         device: ``"cuda"``, ``"mps"``, ``"cpu"`` or ``None`` (best available).
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``None`` (device default).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``None`` (device default); held by the
+            predictor's :attr:`options` (hand them to anything else that runs this model).
         rgb: whether the last axis of images holds colour channels; ``None``
             guesses (last axis of length 3 or 4 on a >= 3D array).
         cache_size: how many slice embeddings (all tiles of a slice) to keep in memory.
@@ -72,6 +73,11 @@ class Segmenter:
         cache_bytes: bound of the in-memory cache in bytes (overrides ``cache_size``).
     """
 
+    @property
+    def options(self):
+        """The predictor's :class:`~napari_sam.engine.models.device.InferenceOptions` (device, precision, compile)."""
+        return self.predictor.options
+
     def __init__(
         self,
         model: Any = None,
@@ -85,7 +91,7 @@ class Segmenter:
         cache_dir: Any = None,
         cache_bytes: int | None = None,
     ) -> None:
-        self.model = _resolve_model(model, device, precision)
+        self.model = _resolve_model(model, device)
         self.predictor = SamPredictor(self.model, precision=precision)
         self.rgb = rgb
         self.cache_size = int(cache_size)
@@ -118,10 +124,7 @@ class Segmenter:
         elif tile is None:
             tile = (self.input_size, self.input_size)
         halo = self._halo_setting
-        if halo is None:
-            t = tile if not np.isscalar(tile) else (tile, tile)
-            halo = (int(t[0]) // 8, int(t[1]) // 8)
-        return check_tiling(tile, halo)
+        return check_tiling(tile, default_halo(tile) if halo is None else halo)
 
     def _validate_tiling_setting(self) -> None:
         if isinstance(self._tile_setting, str) and self._tile_setting != "full":

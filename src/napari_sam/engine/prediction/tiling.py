@@ -46,6 +46,12 @@ def _pair(value, name: str) -> tuple[int, int]:
     return a, b
 
 
+def default_halo(tile_shape) -> tuple[int, int]:
+    """The halo used when none is given: one eighth of the tile along each axis."""
+    rows, cols = _pair(tile_shape, "tile_shape")
+    return max(0, rows // 8), max(0, cols // 8)
+
+
 def check_tiling(tile_shape, halo) -> tuple[tuple[int, int], tuple[int, int]]:
     """Validate a tile shape and halo; returns them as (rows, cols) int pairs.
 
