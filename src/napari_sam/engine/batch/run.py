@@ -298,7 +298,7 @@ def segment_stack(
             from ..images.normalize import intensity_range
 
             picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 8)).astype(int))
-            limits = tuple(float(v) for v in intensity_range(np.stack([np.asarray(stack[int(z)]) for z in picks])))
+            limits = tuple(intensity_range(np.stack([np.asarray(stack[int(z)]) for z in picks])))
         seg: SegmentSliceFn | SliceSegmenterSpec = SliceSegmenterSpec(
             model=None if model is None else str(model), device=device, precision=precision,
             points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),

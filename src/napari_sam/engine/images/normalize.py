@@ -7,7 +7,10 @@ per image:
   reference implementation exactly;
 - any other dtype (uint16, int, float) is scaled linearly so that the 0.1th
   percentile maps to 0 and the 99.9th percentile to 255, then clipped and
-  rounded to uint8. Callers that work on tiles or slices of a larger image pass
+  rounded to uint8. The range is subtracted before any cast to a narrower
+  type: in float64, and exactly in integer arithmetic for 64-bit integer
+  images (whose limits are then exact Python ints), so a large offset (1e12)
+  or values near the dtype's maximum keep their real contrast. Callers that work on tiles or slices of a larger image pass
   the limits computed once for the whole image (``intensity_range``), so tiles
   and slices are never re-stretched on their own;
 - grayscale (H, W) or (H, W, 1) becomes three identical channels; RGBA drops
@@ -15,6 +18,8 @@ per image:
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -36,8 +41,29 @@ def intensity_range(image: np.ndarray, sample: int = 4_000_000) -> tuple[float, 
         arr = arr.reshape(-1)[::step]
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InvalidImageError("The image contains NaN or infinite values; replace them before segmenting.")
+    if _wide_int(arr.dtype):  # float64 cannot hold every int64/uint64: exact order statistics instead
+        lo, hi = np.percentile(arr, [LOW_PERCENTILE, HIGH_PERCENTILE], method="nearest")
+        return int(lo), int(hi)
     lo, hi = np.percentile(arr, [LOW_PERCENTILE, HIGH_PERCENTILE])
     return float(lo), float(hi)
+
+
+def _wide_int(dtype: np.dtype) -> bool:
+    """Integer dtypes that float64 does not represent exactly (64-bit)."""
+    return np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize >= 8
+
+
+def _offset_from(arr: np.ndarray, lo: float | int, hi: float | int) -> np.ndarray:
+    """``arr - lo`` as float64, with ``arr`` clipped to [lo, hi], without losing the contrast of
+    large values: 64-bit integers are subtracted exactly (modulo 2**64, then read as uint64)."""
+    if not _wide_int(arr.dtype):
+        return np.clip(arr.astype(np.float64) - lo, 0.0, None)
+    info = np.iinfo(arr.dtype)
+    lo_i = min(max(math.floor(lo), int(info.min)), int(info.max))
+    hi_i = min(max(math.ceil(hi), lo_i), int(info.max))
+    clipped = np.clip(arr, np.array(lo_i, arr.dtype), np.array(hi_i, arr.dtype))
+    diff = clipped.view(np.uint64) - np.array(lo_i, arr.dtype).view(np.uint64)  # exact: 0 <= arr - lo_i < 2**64
+    return diff.astype(np.float64) - float(lo - lo_i)
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -79,8 +105,8 @@ def to_uint8_rgb(image: np.ndarray, limits: tuple[float, float] | None = None) -
         arr = arr[..., 0]
     if arr.dtype != np.uint8:
         lo, hi = limits if limits is not None else intensity_range(arr)
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        arr = np.clip((arr.astype(np.float32) - lo) * scale, 0, 255)
+        scale = 255.0 / float(hi - lo) if hi > lo else 0.0  # hi - lo: exact for Python ints
+        arr = np.clip(_offset_from(arr, lo, hi) * scale, 0, 255)
         arr = np.rint(arr).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)

@@ -238,7 +238,7 @@ class Segmenter:
             "weights": model_fingerprint(self.model),
             "precision": str(self.predictor.precision),
             "image_format": str(getattr(self.model, "image_format", "RGB")),
-            "intensity_limits": None if limits is None else [float(limits[0]), float(limits[1])],
+            "intensity_limits": None if limits is None else list(limits),  # exact ints for 64-bit integer data
             "tile_shape": list(g.tile_shape),
             "halo": list(g.halo),
             "grid_shape": list(g.grid_shape),
