@@ -292,9 +292,12 @@ def segment_stack(
     if source.path is None and len(raw.shape) != len(stack.shape):
         raw = stack  # in-memory 2D input: send the added slice axis along
     n_z, h, w = (int(s) for s in stack.shape[:3])
+    from ..images.normalize import check_dtype, needs_limits
+
+    check_dtype(stack.dtype)
     if segment_slice is None:
         limits = None
-        if np.dtype(stack.dtype) != np.uint8:
+        if needs_limits(stack.dtype):
             from ..images.normalize import intensity_range
 
             picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 8)).astype(int))

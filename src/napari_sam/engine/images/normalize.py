@@ -13,6 +13,9 @@ per image:
   or values near the dtype's maximum keep their real contrast. Callers that work on tiles or slices of a larger image pass
   the limits computed once for the whole image (``intensity_range``), so tiles
   and slices are never re-stretched on their own;
+- bool images (masks) are read as 0/1 and shown to the model as 0/255;
+  complex, string, bytes, object and other non-numeric dtypes are refused
+  (:func:`check_dtype`, the one dtype rule of every entry point);
 - grayscale (H, W) or (H, W, 1) becomes three identical channels; RGBA drops
   alpha; (H, W, 2) is refused.
 """
@@ -66,13 +69,39 @@ def _offset_from(arr: np.ndarray, lo: float | int, hi: float | int) -> np.ndarra
     return diff.astype(np.float64) - float(lo - lo_i)
 
 
+_KIND_NAMES = {"c": "complex", "U": "string", "S": "bytes", "O": "object", "V": "structured", "M": "datetime",
+               "m": "timedelta"}
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The dtype rule of every entry point: integer, float and bool images are accepted.
+
+    Raises :class:`InvalidImageError` naming the dtype and what to do for anything else.
+    """
+    dt = np.dtype(dtype)
+    if dt.kind in "buif":
+        return dt
+    what = _KIND_NAMES.get(dt.kind, "non-numeric")
+    hint = ("take the magnitude (np.abs) or the real part (.real) first" if dt.kind == "c"
+            else "convert it to a numeric array first (e.g. with .astype(np.float32)); an image read as "
+                 "strings or objects often means the file was not read as an image")
+    raise InvalidImageError(
+        f"Unsupported image dtype {dt} ({what}): napari-sam segments integer, float or bool images; {hint}."
+    )
+
+
+def needs_limits(dtype) -> bool:
+    """Whether images of ``dtype`` are stretched with intensity limits (all but uint8 and bool)."""
+    dt = check_dtype(dtype)
+    return dt != np.uint8 and dt != np.bool_
+
+
 def check_image(image: np.ndarray) -> np.ndarray:
     """Validate a 2D image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of a numeric dtype."""
     arr = np.asarray(image)
+    check_dtype(arr.dtype)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    if arr.dtype.kind not in "uif":
-        raise InvalidImageError(f"Unsupported image dtype {arr.dtype}; use an integer or float image.")
     if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4):
         raise InvalidImageError(
             f"Image of shape {arr.shape} is not 2D: expected (H, W) or (H, W, C) with C in 1, 3, 4. "
