@@ -254,3 +254,29 @@ def test_cancel_in_a_worker_thread_keeps_the_partial_result(make_napari_viewer, 
     done = sorted({z for z in range(N_Z) if (data[z] == 1).any()})
     assert 2 in done and 3 in done and len(done) < N_Z  # seed + the slices finished before the cancel
     np.testing.assert_array_equal(data == 9, start == 9)
+
+
+def test_automatic_slice_on_the_main_widgets_model_holds_its_lock(make_napari_viewer, monkeypatch, tiny_model):
+    """The automatic button shares the main widget's Segmenter: it must run under the controller's lock."""
+    from napari_sam.adapters import get_controller
+    from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
+
+    viewer, w, labels, _, _ = _setup(make_napari_viewer, monkeypatch, predict_fn=None)
+    ctl = get_controller(viewer)
+    ctl.set_model(tiny_model, name="my_tiny.pt")
+    ctl.set_image_layer(viewer.layers["stack"])
+    w._refresh()
+    w._model.value = "my_tiny.pt"
+    w._points.value = 2
+    held = []
+    original = SamAutomaticMaskGenerator.generate_labels_iter
+
+    def spy(self, *args, **kwargs):
+        held.append(ctl._lock.locked())
+        return (yield from original(self, *args, **kwargs))
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "generate_labels_iter", spy)
+    w.segment_slice_automatically()
+    assert "error" not in w._status.value, w._status.value
+    assert held == [True]
+    assert not ctl._lock.locked()

@@ -68,3 +68,7 @@ class BatchWriteError(NapariSamError, OSError):
 
 class InvalidParameterError(NapariSamError, ValueError):
     """A setting has an invalid value or combination (e.g. automatic segmentation options)."""
+
+
+class ConcurrentUseError(NapariSamError, RuntimeError):
+    """A shared Segmenter's image was replaced by another thread between a thread's calls."""

@@ -246,10 +246,12 @@ class PropagationWidget(Container):
                 yield  # pragma: no cover  (a generator)
             from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
 
-            seg, _ = self._segmenter(image, name)
-            amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)
-            return (yield from self._cancellable(
-                amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()), lambda: None))
+            seg, busy = self._segmenter(image, name)
+            with busy() if busy is not None else seg.lock:  # the main widget's model: never beside its clicks
+                amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)
+                return (yield from self._cancellable(
+                    amg.generate_labels_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits()),
+                    lambda: None))
 
         def done(result):
             if result is None:
