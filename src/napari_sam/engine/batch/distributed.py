@@ -47,11 +47,14 @@ def segment_and_write(seg: SegmentSliceFn | SliceSegmenterSpec, source, z: int, 
     from .run import write_slice
 
     image = data if data is not None else _read(source, z)
+    from ..store.fingerprint import pixel_hash
+
+    pixels = pixel_hash(image)
     labels = np.asarray(resolve(seg)(image))
     if labels.shape != image.shape[:2]:
         raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
                                 f"expected {image.shape[:2]}.")
-    write_slice(group_path, z, labels)
+    write_slice(group_path, z, labels, pixels)
     return z
 
 

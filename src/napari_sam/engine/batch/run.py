@@ -113,13 +113,17 @@ def _fingerprint(stack: Any, source: StackSource) -> dict:
 
 
 # ---- output store -----------------------------------------------------------------------------
-def write_slice(group_path: str, z: int, labels: np.ndarray) -> None:
-    """Write slice ``z`` (whole chunk) to ``slices``, then set its ``done`` record. Idempotent."""
+def write_slice(group_path: str, z: int, labels: np.ndarray, pixels: bytes | None = None) -> None:
+    """Write slice ``z`` (whole chunk) to ``slices``, the hash of the input pixels it was computed from
+    (:func:`~napari_sam.engine.store.fingerprint.pixel_hash`) to ``pixels``, then set its ``done``
+    record. Idempotent."""
     import zarr
 
     try:
         g = zarr.open_group(group_path, mode="r+")
         g["slices"][z] = np.asarray(labels, dtype=np.int32)
+        if pixels is not None and "pixels" in g:
+            g["pixels"][z] = np.frombuffer(pixels, "<u8")
         g["done"][z] = 1
     except OSError as e:
         raise BatchWriteError(f"Writing slice {z} to {group_path} failed: {e}") from e
@@ -157,6 +161,14 @@ class StackStore:
             old = self._existing_job(self.group_path)
             same = old is not None and old.get("job") == self.job
             if same and not old.get("complete") and not overwrite:
+                seg = self.job.get("segmenter") or {}
+                if seg.get("kind") == "callable" and seg.get("code") is None:
+                    raise OutputExistsError(
+                        f"Output {self.group_path} holds an interrupted run, but the slice function "
+                        f"{seg.get('name')} holds objects without a stable identity, so napari-sam cannot tell "
+                        "whether it is the function that run used. Pass --overwrite / overwrite=True for a fresh "
+                        "run (or make the function's state plain values: numbers, strings, arrays)."
+                    )
                 self.resumed = True
             elif not overwrite:
                 why = ("holds a finished result of this job" if same else
@@ -174,6 +186,7 @@ class StackStore:
             z, h, w = self.shape
             g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
             g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
+            g.create_array("pixels", shape=(z, 2), chunks=(1, 2), dtype="uint64", fill_value=0)
             g.attrs[JOB_KEY] = {"job": self.job, "complete": False}
         except OSError as e:
             raise BatchWriteError(f"Cannot create the output {self.group_path}: {e}") from e
@@ -182,8 +195,19 @@ class StackStore:
     def done_slices(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.group["done"][:])]
 
-    def write_slice(self, z: int, labels: np.ndarray) -> None:
-        write_slice(str(self.group_path), z, labels)
+    def verified_done_slices(self, stack: Any) -> list[int]:
+        """The done slices whose recorded input hash matches the pixels of ``stack[z]`` now (a slice
+        edited since, or recorded without a hash, is done again)."""
+        from ..store.fingerprint import pixel_hash
+
+        done = self.done_slices()
+        if not done or "pixels" not in self.group:
+            return []
+        recorded = np.asarray(self.group["pixels"][:])
+        return [z for z in done if recorded[z].tobytes() == np.frombuffer(pixel_hash(stack[z]), "<u8").tobytes()]
+
+    def write_slice(self, z: int, labels: np.ndarray, pixels: bytes | None = None) -> None:
+        write_slice(str(self.group_path), z, labels, pixels)
 
     def link(self, iou_threshold: float) -> Generator[Progress, None, int]:
         """Link all slices into ``labels``; a progress generator returning the number of 3D objects."""
@@ -315,7 +339,7 @@ def segment_stack(
     job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite)
-    done_before = store.done_slices()
+    done_before = store.verified_done_slices(stack)
     todo = [z for z in range(n_z) if z not in set(done_before)]
     yield Progress(len(done_before), n_z, f"resuming: {len(done_before)} slices already done"
                    if done_before else "segmenting")
@@ -325,15 +349,18 @@ def segment_stack(
         yield from run_slices(client, seg, source, raw if source.path is None else None, rgb,
                               str(store.group_path), todo, n_z, len(done_before), store.done_slices)
     else:
+        from ..store.fingerprint import pixel_hash
+
         fn = resolve(seg)
         for i, z in enumerate(todo):
             image = np.asarray(stack[z])
+            pixels = pixel_hash(image)  # before the segmenter runs: it may not modify what it was given
             labels = np.asarray(fn(image))
             if labels.shape != (h, w):
                 raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
                                         f"expected {(h, w)}.")
             try:
-                store.write_slice(z, labels)
+                store.write_slice(z, labels, pixels)
             except BatchWriteError as e:
                 raise BatchWriteError(f"{e}. Slices finished and intact: {_ranges(store.done_slices())}; "
                                       f"run again (without overwrite) to resume.", store.done_slices()) from e

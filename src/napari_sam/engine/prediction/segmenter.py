@@ -176,8 +176,10 @@ class Segmenter:
         computed once over the whole array (sampled) on first use.
 
         Args:
-            image_id: identity of the data for the disk cache; by default a fingerprint
+            image_id: identity of the data for grouping the disk cache; by default a fingerprint
                 of sampled pixels, shape and dtype (:func:`~napari_sam.engine.store.fingerprint.image_fingerprint`).
+                Whatever the group, a cached tile is reused only when the hash of exactly its
+                pixels now matches the one recorded with it.
         """
         src = ImageSlices(image, self.rgb if rgb is None else rgb)
         with self.lock:
@@ -305,28 +307,37 @@ class Segmenter:
         """Where the embeddings live: the disk group (or None), memory use and entry counts."""
         return self._bind_store().info()
 
+    def _tile_pixels(self, key: tuple[int, ...], tile: Tile) -> tuple[np.ndarray, bytes]:
+        """A tile's crop and the hash of exactly those pixels (the identity of its cached embedding)."""
+        from ..store.fingerprint import pixel_hash
+
+        crop = self.slices.read_tile(key, tile)
+        return crop, pixel_hash(crop)
+
     def _has_tile(self, key: tuple[int, ...], tile: Tile) -> bool:
-        return self._bind_store().contains(self._flat(key), self.tile_grid.flat_index(tile.index))
+        with self.lock:
+            _, pixels = self._tile_pixels(key, tile)
+            return self._bind_store().matches(self._flat(key), self.tile_grid.flat_index(tile.index), pixels)
 
     def has_embedding(self, slice_index: SliceIndex = None) -> bool:
         """Whether every tile of the slice is embedded (in memory or complete in the disk cache)."""
         key = self._slice_key(slice_index)
         return all(self._has_tile(key, t) for t in self.tile_grid)
 
-    def _compute_tile(self, key: tuple[int, ...], tile: Tile) -> Embedding:
+    def _compute_tile(self, key: tuple[int, ...], tile: Tile, crop: np.ndarray, pixels: bytes) -> Embedding:
         with self.lock:
-            crop = self.slices.read_tile(key, tile)
             self.predictor.set_image(crop, intensity_limits=self.intensity_limits())
             emb = self.predictor.get_embedding()
-            return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb)
+            return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb, pixels)
 
     def tile_embedding(self, slice_index: SliceIndex, tile: Tile) -> Embedding:
         """The embedding of one tile of one slice (from the caches, or computed now)."""
         with self.lock:
             self._check_own_image()
             key = self._slice_key(slice_index)
-            emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index))
-            return emb if emb is not None else self._compute_tile(key, tile)
+            crop, pixels = self._tile_pixels(key, tile)
+            emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index), pixels)
+            return emb if emb is not None else self._compute_tile(key, tile, crop, pixels)
 
     def embed(
         self, slice_index: SliceIndex = None
@@ -346,12 +357,13 @@ class Segmenter:
         for i, tile in enumerate(grid):
             with self.lock:
                 self._check_unchanged(generation)
-                emb = store.get(self._flat(key), i)
+                crop, pixels = self._tile_pixels(key, tile)
+                emb = store.get(self._flat(key), i, pixels)
             if emb is None:
                 yield Progress(i, len(grid), f"embedding {label}" + (f" tile {tile.index}" if len(grid) > 1 else ""))
                 with self.lock:
                     self._check_unchanged(generation)
-                    emb = self._compute_tile(key, tile)
+                    emb = self._compute_tile(key, tile, crop, pixels)
             out.append(emb)
         yield Progress(len(grid), len(grid), "embedded")
         return out[0] if len(grid) == 1 else TiledEmbedding(grid, tuple(out))
@@ -378,7 +390,6 @@ class Segmenter:
                 keys = [self._slice_key(s) for s in slice_indices]
             grid = self.tile_grid
             store = self._bind_store()
-            on_disk = store.complete_mask()
         total = len(keys) * len(grid)
         done = computed = 0
         yield Progress(0, total, "precomputing embeddings")
@@ -387,9 +398,10 @@ class Segmenter:
             for i, tile in enumerate(grid):
                 with self.lock:
                     self._check_unchanged(generation)
-                    cached = store.in_memory(flat, i) or (on_disk is not None and bool(on_disk[flat, i]))
+                    crop, pixels = self._tile_pixels(key, tile)
+                    cached = store.matches(flat, i, pixels)
                     if not cached:
-                        self._compute_tile(key, tile)
+                        self._compute_tile(key, tile, crop, pixels)
                         computed += 1
                 done += 1
                 if not cached or done == total:
