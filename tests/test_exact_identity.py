@@ -42,6 +42,8 @@ def test_pixel_hash_sees_every_pixel():
 def test_disk_cache_entry_of_edited_pixels_is_recomputed(tiny_model, cells_image, tmp_path):
     """Same cache identity (as a sampled fingerprint missing the edit would give): the stale entry is not used."""
     img, edited = _moved_cell(cells_image)
+    scale = 255.0 / max(img.max(), edited.max())  # uint8: the same (no) intensity limits before and after
+    img, edited = (img * scale).astype(np.uint8), (edited * scale).astype(np.uint8)
     seg = Segmenter(model=tiny_model, cache_dir=tmp_path)
     seg.set_image(img, image_id="same")
     seg.segment(points=[(170, 25)])
