@@ -32,11 +32,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
                    help="the last axis holds colour channels (default: guessed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
-def open_input(path: str):
-    """A lazy array for ``path``: TIFF/zarr via :mod:`napari_sam.engine.images.io`, .npy memory-mapped."""
+def open_input(path: str, with_axes: bool = False):
+    """A lazy array for ``path``: TIFF/zarr via :mod:`napari_sam.engine.images.io`, .npy memory-mapped;
+    with ``with_axes``, ``(array, axis letters from the file's metadata or None)``."""
     from pathlib import Path
 
     import numpy as np
@@ -49,10 +53,12 @@ def open_input(path: str):
         if not p.is_file():
             raise InvalidImageError(f"Image file not found: {p}")
         try:
-            return np.load(p, mmap_mode="r", allow_pickle=False)
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            return (arr, None) if with_axes else arr
         except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
             raise InvalidImageError(f"Could not read {p}: {type(e).__name__}: {e}") from e
-    return open_image(p).data
+    img = open_image(p)
+    return (img.data, img.axes) if with_axes else img.data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.progress import run_blocking
     from ..engine.prediction.segmenter import Segmenter
 
-    data = open_input(args.input)
+    data, axes = open_input(args.input, with_axes=True)
     seg = Segmenter(
         model=args.model,
         device=args.device,
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
     )
     seg.store.on_error = "raise"  # the cache is the point of this command: fail loudly
-    seg.set_image(data)
+    seg.set_image(data, axes=args.axes or axes, channel=args.channel)
     computed = run_blocking(seg.precompute(), show_progress=not args.quiet, description="embedding")
     info = seg.cache_info()
     grid = seg.tile_grid

@@ -26,6 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
@@ -71,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.point and not args.negative and args.box is None:
         raise InvalidPromptError("Give at least one --point or a --box.")
     image = read_image(args.image)
+    axes = args.axes
+    if axes is None and str(args.image).lower().endswith((".tif", ".tiff")):
+        from ..engine.images.io import open_tiff
+
+        axes = open_tiff(args.image).axes  # the file's own axis meaning (OME / tifffile series)
     seg = Segmenter(model=args.model, device=args.device, precision=args.precision)
-    seg.set_image(image)
+    seg.set_image(image, axes=axes, channel=args.channel)
     points = list(args.point) + list(args.negative)
     labels = [1] * len(args.point) + [0] * len(args.negative)
     mask = seg.segment(

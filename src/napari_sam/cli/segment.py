@@ -38,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, client=client, points_per_side=args.points_per_side,
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
             min_mask_region_area=args.min_area, iou_threshold=args.link_iou,
+            axes=args.axes, channel=args.channel,
         )
         result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam segment")
     except BatchWriteError as e:

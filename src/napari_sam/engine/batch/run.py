@@ -289,6 +289,8 @@ def segment_stack(
     min_mask_region_area: int = 0,
     precision: str | None = None,
     iou_threshold: float = 0.3,
+    axes: str | None = None,
+    channel: Any = None,
 ) -> Generator[Progress, None, StackResult]:
     """Segment every slice of a stack and link the instances into 3D labels; a progress generator.
 
@@ -304,6 +306,9 @@ def segment_stack(
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
         points_per_side ... min_mask_region_area: automatic mask generation settings.
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
+        axes, channel: axis letters (default: the file's metadata, else the shape where unambiguous)
+            and the channel (index, list or ``"mean"``) of a multichannel input; see
+            :mod:`napari_sam.engine.images.channels`.
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
 
@@ -312,7 +317,19 @@ def segment_stack(
         InvalidImageError for an empty or unreadable input.
     """
     raw, source = _open_input(input)
+    if axes is None and source.path is not None:
+        from ..images.io import open_image
+
+        axes = open_image(source.path).axes
+    from ..images.channels import select_channels
+
+    selected, rgb_from_axes = select_channels(raw, axes, channel)
+    if selected is not raw:  # a channel was picked: workers get the (lazy) selection, not the file
+        raw, source = selected, StackSource(None)
     stack, rgb = as_stack(raw)
+    if rgb_from_axes is not None and len(stack.shape) == 4 and rgb != rgb_from_axes:
+        raise InvalidImageError(f"Cannot read an input of shape {tuple(raw.shape)} with axes {axes!r} as a z-stack "
+                                "of 2D images: expected (Z, Y, X) or (Z, Y, X, 3|4) after choosing the channel.")
     if source.path is None and len(raw.shape) != len(stack.shape):
         raw = stack  # in-memory 2D input: send the added slice axis along
     n_z, h, w = (int(s) for s in stack.shape[:3])
@@ -336,7 +353,7 @@ def segment_stack(
         from ..automatic.slice_segmenter import tiled
 
         seg = tiled(segment_slice, tile) if tile else segment_slice
-    job = {"input": _fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
+    job = {"input": {**_fingerprint(stack, source), "axes": axes, "channel": channel}, "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite)
     done_before = store.verified_done_slices(stack)

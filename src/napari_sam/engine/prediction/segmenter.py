@@ -168,7 +168,10 @@ class Segmenter:
         return max(1, self.cache_size) * max(1, n_tiles) * per_tile
 
     # ---- image -------------------------------------------------------------------------------
-    def set_image(self, image: Any, rgb: bool | None = None, image_id: str | None = None) -> None:
+    def set_image(
+        self, image: Any, rgb: bool | None = None, image_id: str | None = None, *,
+        axes: str | None = None, channel: Any = None,
+    ) -> None:
         """Use ``image``: (..., H, W) or (..., H, W, C) numpy, dask or zarr array.
 
         A list/tuple of arrays (napari multiscale data) means its first, full-resolution level.
@@ -176,12 +179,22 @@ class Segmenter:
         computed once over the whole array (sampled) on first use.
 
         Args:
+            axes: one letter per axis (e.g. ``"czyx"``, ``"yxc"``), or None (from the shape where it is
+                unambiguous); see :mod:`napari_sam.engine.images.channels`.
+            channel: with a channel axis: the channel index, a list of indices (their mean) or
+                ``"mean"``; required when there are several channels.
             image_id: identity of the data for grouping the disk cache; by default a fingerprint
                 of sampled pixels, shape and dtype (:func:`~napari_sam.engine.store.fingerprint.image_fingerprint`).
                 Whatever the group, a cached tile is reused only when the hash of exactly its
                 pixels now matches the one recorded with it.
         """
-        src = ImageSlices(image, self.rgb if rgb is None else rgb)
+        from ..images.channels import select_channels
+        from ..images.image_slices import level0
+
+        image, rgb_from_axes = select_channels(level0(image), axes, channel)
+        if rgb is None:
+            rgb = rgb_from_axes if rgb_from_axes is not None else self.rgb
+        src = ImageSlices(image, rgb)
         with self.lock:
             self._src = src
             self._image_id = image_id
