@@ -104,3 +104,22 @@ def test_embedding_generator_stops_when_the_image_is_replaced(tiny_model, cells_
     with pytest.raises(ConcurrentUseError, match="changed while"):
         for _ in gen:
             pass
+
+
+def test_widget_embedding_job_of_a_replaced_image_ends_quietly_as_stale(tiny_model, cells_image):
+    import threading as th
+
+    from napari_sam.adapters.embedding_jobs import EmbeddingJobs
+
+    images = _images(cells_image)
+    seg = Segmenter(model=tiny_model, tile_shape=128)
+    seg.set_image(images[0])
+    jobs = EmbeddingJobs(th.Lock())
+    gen = jobs.job(seg, ())
+    next(gen)
+    jobs.invalidate()
+    seg.set_image(images[1])  # the layer's data were replaced while the worker embedded
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    assert not jobs.is_current(stop.value.value)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.progress import Progress
-from ..errors import NapariSamError
+from ..errors import ConcurrentUseError, NapariSamError
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class EmbeddingJobs:
                         p = next(gen)
                     except StopIteration:
                         break
+                    except ConcurrentUseError:  # the image was replaced meanwhile: this job is stale
+                        return EmbeddingResult(generation, key, time.perf_counter() - t0)
                 yield p
             seconds = time.perf_counter() - t0
             with lock:
