@@ -198,10 +198,10 @@ def test_write_error_mid_run_reports_intact_slices(tmp_path, monkeypatch):
     out = tmp_path / "w.zarr"
     real = batch.write_slice
 
-    def failing(group_path, z, labels):
+    def failing(group_path, z, labels, pixels=None):
         if z == 4:
             raise BatchWriteError(f"Writing slice {z} to {group_path} failed: [Errno 28] No space left on device")
-        real(group_path, z, labels)
+        real(group_path, z, labels, pixels)
 
     monkeypatch.setattr(batch, "write_slice", failing)
     with pytest.raises(BatchWriteError, match=r"slice 4.*No space.*intact: 0-3") as info:

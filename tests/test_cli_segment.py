@@ -76,10 +76,10 @@ def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypat
 
     real = batch.write_slice
 
-    def crash(group_path, z, labels):
+    def crash(group_path, z, labels, pixels=None):
         if z == 2:
             raise KeyboardInterrupt
-        real(group_path, z, labels)
+        real(group_path, z, labels, pixels)
 
     monkeypatch.setattr(batch, "write_slice", crash)
     assert main(args) == 130
@@ -112,7 +112,7 @@ def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeyp
     img, _ = _stack(3)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
 
-    def failing(group_path, z, labels):
+    def failing(group_path, z, labels, pixels=None):
         raise BatchWriteError(f"Writing slice {z} to {group_path} failed: read-only file system")
 
     monkeypatch.setattr(batch, "write_slice", failing)

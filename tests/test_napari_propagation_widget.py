@@ -286,3 +286,27 @@ def test_automatic_slice_runs_at_the_precision_chosen_in_the_main_widget(make_na
     assert "error" not in w._status.value, w._status.value
     assert "new objects" in w._status.value
     assert seen and set(seen) == {torch.bfloat16}, seen
+def test_automatic_slice_on_the_main_widgets_model_holds_its_lock(make_napari_viewer, monkeypatch, tiny_model):
+    """The automatic button shares the main widget's Segmenter: it must run under the controller's lock."""
+    from napari_sam.adapters import get_controller
+    from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
+
+    viewer, w, labels, _, _ = _setup(make_napari_viewer, monkeypatch, predict_fn=None)
+    ctl = get_controller(viewer)
+    ctl.set_model(tiny_model, name="my_tiny.pt")
+    ctl.set_image_layer(viewer.layers["stack"])
+    w._refresh()
+    w._model.value = "my_tiny.pt"
+    w._points.value = 2
+    held = []
+    original = SamAutomaticMaskGenerator.label_slice_iter
+
+    def spy(self, *args, **kwargs):
+        held.append(ctl._lock.locked())
+        return (yield from original(self, *args, **kwargs))
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "label_slice_iter", spy)
+    w.segment_slice_automatically()
+    assert "error" not in w._status.value, w._status.value
+    assert held == [True]
+    assert not ctl._lock.locked()

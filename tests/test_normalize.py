@@ -50,3 +50,32 @@ def test_constant_image_does_not_divide_by_zero():
 def test_nan_refused():
     with pytest.raises(InvalidImageError, match="NaN"):
         intensity_range(np.array([1.0, np.nan]))
+
+
+def _wide_variants(base: np.ndarray):
+    """``base`` (uint16) moved to large magnitudes: the contrast is the same, only the offset differs."""
+    b = base.astype(np.int64)
+    return {
+        "float64 + 1e12": base.astype(np.float64) + 1e12,
+        "int64 near max": b + (np.iinfo(np.int64).max - 70_000),
+        "int64 near min": b + np.iinfo(np.int64).min,
+        "uint64 near max": base.astype(np.uint64) + np.uint64(np.iinfo(np.uint64).max - 70_000),
+    }
+
+
+def test_large_magnitudes_keep_their_contrast(cells_image):
+    """The range is subtracted before narrowing: a float32 cast first gave a constant image."""
+    img, _ = cells_image
+    want = to_uint8_rgb(img)
+    assert want.std() > 20
+    for name, big in _wide_variants(img).items():
+        got = to_uint8_rgb(big)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+
+def test_wide_integer_limits_are_exact():
+    img = np.array([[0, 5], [10, 15]], np.int64) + (np.iinfo(np.int64).max - 15)
+    lo, hi = intensity_range(img)
+    assert isinstance(lo, int) and hi - lo == 15  # float64 limits would both round to 2**63
+    out = to_uint8_rgb(img, limits=(lo, hi))[..., 0]
+    np.testing.assert_array_equal(out, [[0, 85], [170, 255]])

@@ -145,3 +145,24 @@ def test_automatic_segmentation_in_bf16_reuses_the_decoder_copy_and_finds_the_fp
     assert shared.is_contiguous(memory_format=torch.channels_last)
     assert lab32.max() >= 2 and abs(int(lab16.max()) - int(lab32.max())) <= 1
     assert ((lab16 > 0) == (lab32 > 0)).mean() > 0.99
+
+
+def test_large_magnitude_images_segment_like_the_original(cells_image):
+    """float64 with a 1e12 offset and int64/uint64 near the dtype maximum: IoU against the drawn cells."""
+    from napari_sam.engine.prediction.segmenter import Segmenter
+    from napari_sam.training.evaluate import centre_point
+
+    img, lab = cells_image
+    b = img.astype(np.int64)
+    variants = {
+        "float64 + 1e12": img.astype(np.float64) + 1e12,
+        "int64 near max": b + (np.iinfo(np.int64).max - 70_000),
+        "uint64 near max": img.astype(np.uint64) + np.uint64(np.iinfo(np.uint64).max - 70_000),
+    }
+    seg = Segmenter("tiny", device="cpu")
+    for name, big in variants.items():
+        seg.set_image(big)
+        for obj in range(1, lab.max() + 1):
+            gt = lab == obj
+            mask = seg.segment(points=[centre_point(gt)])
+            assert _iou(mask, gt) > 0.8, (name, obj)

@@ -343,3 +343,18 @@ def test_state_dict_wrapper_is_unwrapped(tmp_path, tiny_checkpoint):
     path = tmp_path / "wrapped.pt"
     torch.save({"model": state, "epoch": 3}, path)
     assert _same_weights(zoo.load_model(path, device="cpu"), tiny_checkpoint)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, tiny_checkpoint, bad):
+    """Weights with NaN/inf gave empty masks and NaN scores without a word; now refused at load."""
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["mask_decoder.iou_token.weight"][0, 0] = bad
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="NaN or infinite.*iou_token"):
+        zoo.load_model(path, device="cpu")
+    from napari_sam.model import build_sam
+
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        build_sam("tiny", checkpoint=path)

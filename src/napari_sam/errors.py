@@ -70,6 +70,10 @@ class InvalidParameterError(NapariSamError, ValueError):
     """A setting has an invalid value or combination (e.g. automatic segmentation options)."""
 
 
+class ConcurrentUseError(NapariSamError, RuntimeError):
+    """A shared Segmenter's image was replaced by another thread between a thread's calls."""
+
+
 class InvalidOutputError(NapariSamError, ValueError):
     """An output path that cannot be used: it is or overlaps the input, its folder is missing,
     or its suffix names a format napari-sam does not write."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.progress import Progress, relay
-from ..errors import NapariSamError
+from ..errors import ConcurrentUseError, NapariSamError
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ class EmbeddingJobs:
 
         def run():
             t0 = time.perf_counter()
-            yield from relay(segmenter.embed(key or None), lock=lock)
+            try:
+                yield from relay(segmenter.embed(key or None), lock=lock)
+            except ConcurrentUseError:  # the image was replaced meanwhile: this job is stale
+                return EmbeddingResult(generation, key, time.perf_counter() - t0)
             seconds = time.perf_counter() - t0
             with lock:
                 try:

@@ -123,10 +123,11 @@ class PropagationSession:
                 yield  # pragma: no cover  (a generator)
             from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at import
 
-            seg, _ = self.segmenter(image, name)
-            amg = SamAutomaticMaskGenerator.from_settings(seg.model, settings, options=seg.options)
-            gen = amg.label_slice_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits())
-            return (yield from self._cancellable(gen, lambda: None))
+            seg, busy = self.segmenter(image, name)
+            with busy() if busy is not None else seg.lock:  # the main widget's model: never beside its clicks
+                amg = SamAutomaticMaskGenerator.from_settings(seg.model, settings, options=seg.options)
+                gen = amg.label_slice_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits())
+                return (yield from self._cancellable(gen, lambda: None))
 
         return run
 

@@ -32,14 +32,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
                    help="the last axis holds colour channels (default: guessed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
-def open_input(path: str):
-    """A lazy array for ``path`` (:func:`napari_sam.engine.images.io.open_image`; .npy memory-mapped)."""
+def open_input(path: str, with_axes: bool = False):
+    """A lazy array for ``path`` (:func:`napari_sam.engine.images.io.open_image`; .npy memory-mapped);
+    with ``with_axes``, ``(array, axis letters from the file's metadata or None)``."""
     from ..engine.images.io import open_image
 
-    return open_image(path).data
+    img = open_image(path)
+    return (img.data, img.axes) if with_axes else img.data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.store.output_paths import refuse_overlap
 
     refuse_overlap([args.cache], [args.input])  # the cache must not be written into (or around) the input
-    data = open_input(args.input)
+    data, axes = open_input(args.input, with_axes=True)
     check_model(args.model)
     seg = Segmenter(
         model=args.model,
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
     )
     seg.store.on_error = "raise"  # the cache is the point of this command: fail loudly
-    seg.set_image(data)
+    seg.set_image(data, axes=args.axes or axes, channel=args.channel)
     computed = run_blocking(seg.precompute(), show_progress=not args.quiet, description="embedding")
     info = seg.cache_info()
     grid = seg.tile_grid

@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                    help="compute precision (default: the device's default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
@@ -105,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     out = check_mask_output(args.out, args.image, args.overwrite)
     if not args.point and not args.negative and args.box is None:
         raise InvalidPromptError("Give at least one --point or a --box.")
-    image = open_image(args.image).data
+    opened = open_image(args.image)
+    image = opened.data
+    axes = args.axes or opened.axes  # the file's own axis meaning (OME / tifffile series) unless given
     check_model(args.model)
     seg = Segmenter(model=args.model, device=args.device, precision=args.precision)
-    seg.set_image(image)
+    seg.set_image(image, axes=axes, channel=args.channel)
     points = list(args.point) + list(args.negative)
     labels = [1] * len(args.point) + [0] * len(args.negative)
     mask = seg.segment(

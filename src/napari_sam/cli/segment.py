@@ -43,6 +43,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .channel_options import add_channel_options
+
+    add_channel_options(p)
     return p
 
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         gen = segment_stack(
             args.input, args.out, model=args.model, device=args.device, precision=args.precision,
             overwrite=args.overwrite, client=client, settings=settings, iou_threshold=args.link_iou,
+            axes=args.axes, channel=args.channel,
         )
         result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam segment")
     except BatchWriteError as e:

@@ -141,4 +141,24 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], mo
                 shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
                 parts.append(f"{label} keys: {shown}")
         raise CheckpointError("\n".join(parts))
+    check_finite(state_dict)
     model.load_state_dict(state_dict, strict=True)
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = "The checkpoint") -> None:
+    """Refuse weights holding NaN or infinite values (they give empty masks with NaN scores, silently).
+
+    Raises :class:`CheckpointError` naming the first tensors affected.
+    """
+    bad = []
+    with torch.no_grad():
+        for name, t in state_dict.items():
+            if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"{source} holds NaN or infinite weights (in {shown}); the model would give empty masks with NaN "
+            "scores. The file is damaged or comes from a diverged training run: use an earlier checkpoint "
+            "or download the weights again."
+        )

@@ -11,6 +11,7 @@ worker process (:func:`build_cached`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,8 +87,12 @@ def describe(segment_slice: SegmentSliceFn | SliceSegmenterSpec) -> dict:
     """JSON-able identity of a slice segmenter, for job metadata."""
     if isinstance(segment_slice, SliceSegmenterSpec):
         return segment_slice.describe()
-    name = getattr(segment_slice, "__qualname__", None) or type(segment_slice).__qualname__
-    return {"kind": "callable", "name": f"{getattr(segment_slice, '__module__', '?')}.{name}"}
+    from ..store.fingerprint import callable_identity
+
+    inner = segment_slice.func if isinstance(segment_slice, functools.partial) else segment_slice
+    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    return {"kind": "callable", "name": f"{getattr(inner, '__module__', '?')}.{name}",
+            "code": callable_identity(segment_slice)}
 
 
 def otsu_labels(image: np.ndarray) -> np.ndarray:

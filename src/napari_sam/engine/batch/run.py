@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BatchWriteError, InvalidParameterError
+from ...errors import BatchWriteError, InvalidImageError, InvalidParameterError
 from ..automatic.settings import BATCH_DEFAULTS, AutoSettings
 from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, describe, resolve, tiled
 from ..progress import Progress, run_blocking
-from .stack_store import StackStore, as_stack, input_fingerprint, open_input, resumable, segment_and_write
+from .stack_store import StackSource, StackStore, as_stack, input_fingerprint, open_input, resumable, segment_and_write
 
 
 # ---- the job ----------------------------------------------------------------------------------
@@ -82,6 +82,8 @@ def segment_stack(
     settings: AutoSettings | None = None,
     precision: str | None = None,
     iou_threshold: float = 0.3,
+    axes: str | None = None,
+    channel: Any = None,
 ) -> Generator[Progress, None, StackResult]:
     """Segment every slice of a stack and link the instances into 3D labels; a progress generator.
 
@@ -100,6 +102,9 @@ def segment_stack(
         settings: :class:`~napari_sam.engine.automatic.settings.AutoSettings` of the SAM slice
             segmenter (None: the defaults).
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
+        axes, channel: axis letters (default: the file's metadata, else the shape where unambiguous)
+            and the channel (index, list or ``"mean"``) of a multichannel input; see
+            :mod:`napari_sam.engine.images.channels`.
 
     Progress: ``total`` = Z while segmenting, then Z while linking (``message`` says which).
 
@@ -112,10 +117,25 @@ def segment_stack(
         output path, UnknownModelError / CheckpointError for a model that cannot be found.
     """
     raw, source = open_input(input)
+    if axes is None and source.path is not None:
+        from ..images.io import open_image
+
+        axes = open_image(source.path).axes
+    from ..images.channels import select_channels
+
+    selected, rgb_from_axes = select_channels(raw, axes, channel)
+    if selected is not raw:  # a channel was picked: workers get the (lazy) selection, not the file
+        raw, source = selected, StackSource(None)
     stack, rgb = as_stack(raw)
+    if rgb_from_axes is not None and len(stack.shape) == 4 and rgb != rgb_from_axes:
+        raise InvalidImageError(f"Cannot read an input of shape {tuple(raw.shape)} with axes {axes!r} as a z-stack "
+                                "of 2D images: expected (Z, Y, X) or (Z, Y, X, 3|4) after choosing the channel.")
     if source.path is None and len(raw.shape) != len(stack.shape):
         raw = stack  # in-memory 2D input: send the added slice axis along
     n_z, h, w = (int(s) for s in stack.shape[:3])
+    from ..images.normalize import check_dtype
+
+    check_dtype(stack.dtype)
     if segment_slice is None:
         from ..images.image_slices import ImageSlices
 
@@ -130,7 +150,7 @@ def segment_stack(
             raise InvalidParameterError("settings are for SAM's automatic segmentation; a segment_slice "
                                         "callable takes none (give one or the other).")
         seg = tiled(segment_slice, tile) if tile else segment_slice
-    job = {"input": input_fingerprint(stack, source), "segmenter": describe(segment_slice or seg),
+    job = {"input": {**input_fingerprint(stack, source), "axes": axes, "channel": channel}, "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
     # everything is checked before the output is created: the model too (loaded here; on a
@@ -142,7 +162,7 @@ def segment_stack(
     if client is None:
         resolve(seg)  # builds (and caches) the model now, so a broken model fails before the output exists
     store.open()
-    done_before = store.done_slices()
+    done_before = store.verified_done_slices(stack)
     todo = [z for z in range(n_z) if z not in set(done_before)]
     yield Progress(len(done_before), n_z, f"resuming: {len(done_before)} slices already done"
                    if done_before else "segmenting")

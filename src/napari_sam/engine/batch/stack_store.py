@@ -89,13 +89,17 @@ def input_fingerprint(stack: Any, source: StackSource) -> dict:
 
 
 # ---- output store -----------------------------------------------------------------------------
-def write_slice(group_path: str, z: int, labels: np.ndarray) -> None:
-    """Write slice ``z`` (whole chunk) to ``slices``, then set its ``done`` record. Idempotent."""
+def write_slice(group_path: str, z: int, labels: np.ndarray, pixels: bytes | None = None) -> None:
+    """Write slice ``z`` (whole chunk) to ``slices``, the hash of the input pixels it was computed from
+    (:func:`~napari_sam.engine.store.fingerprint.pixel_hash`) to ``pixels``, then set its ``done``
+    record. Idempotent."""
     import zarr
 
     try:
         g = zarr.open_group(group_path, mode="r+")
         g["slices"][z] = np.asarray(labels, dtype=np.int32)
+        if pixels is not None and "pixels" in g:
+            g["pixels"][z] = np.frombuffer(pixels, "<u8")
         g["done"][z] = 1
     except OSError as e:
         raise BatchWriteError(f"Writing slice {z} to {group_path} failed: {e}") from e
@@ -145,6 +149,14 @@ class StackStore:
             if self.overwrite:
                 self._replace = True
             elif same and not old.get("complete"):
+                seg = self.job.get("segmenter") or {}
+                if seg.get("kind") == "callable" and seg.get("code") is None:
+                    raise OutputExistsError(
+                        f"Output {self.group_path} holds an interrupted run, but the slice function "
+                        f"{seg.get('name')} holds objects without a stable identity, so napari-sam cannot tell "
+                        "whether it is the function that run used. Pass --overwrite / overwrite=True for a fresh "
+                        "run (or make the function's state plain values: numbers, strings, arrays)."
+                    )
                 self.resumed = True
             else:
                 why = ("holds a finished result of this job" if same else
@@ -184,12 +196,25 @@ class StackStore:
             g.create_array("slices", shape=(z, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
         if "done" not in g:
             g.create_array("done", shape=(z,), chunks=(1,), dtype="uint8", fill_value=0)
+        if "pixels" not in g:
+            g.create_array("pixels", shape=(z, 2), chunks=(1, 2), dtype="uint64", fill_value=0)
 
     def done_slices(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.group["done"][:])]
 
-    def write_slice(self, z: int, labels: np.ndarray) -> None:
-        write_slice(str(self.group_path), z, labels)
+    def verified_done_slices(self, stack: Any) -> list[int]:
+        """The done slices whose recorded input hash matches the pixels of ``stack[z]`` now (a slice
+        edited since, or recorded without a hash, is done again)."""
+        from ..store.fingerprint import pixel_hash
+
+        done = self.done_slices()
+        if not done or "pixels" not in self.group:
+            return []
+        recorded = np.asarray(self.group["pixels"][:])
+        return [z for z in done if recorded[z].tobytes() == np.frombuffer(pixel_hash(stack[z]), "<u8").tobytes()]
+
+    def write_slice(self, z: int, labels: np.ndarray, pixels: bytes | None = None) -> None:
+        write_slice(str(self.group_path), z, labels, pixels)
 
     def link(self, iou_threshold: float) -> Generator[Progress, None, int]:
         """Link all slices into ``labels``; a progress generator returning the number of 3D objects."""
@@ -254,11 +279,14 @@ def segment_and_write(seg: SegmentSliceFn | SliceSegmenterSpec, image: np.ndarra
     The one step of a batch job, run by the local loop and by each Dask task alike
     (a spec is built once per process: :func:`~napari_sam.engine.automatic.slice_segmenter.build_cached`).
     """
+    from ..store.fingerprint import pixel_hash
+
+    pixels = pixel_hash(image)  # before the segmenter runs: it may not modify what it was given
     labels = np.asarray(resolve(seg)(image))
     if labels.shape != image.shape[:2]:
         raise InvalidImageError(f"The slice segmenter returned shape {labels.shape} for slice {z}; "
                                 f"expected {image.shape[:2]}.")
-    write_slice(group_path, z, labels)
+    write_slice(group_path, z, labels, pixels)
     return z
 
 

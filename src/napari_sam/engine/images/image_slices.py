@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidImageError, InvalidPromptError
-from .normalize import intensity_range
+from .normalize import check_dtype, intensity_range, needs_limits
 from ..prediction.tiling import Tile
 
 FULL_SLICE_SAMPLE_PIXELS = 4_000_000  # above this many pixels per slice, intensity limits use windows
@@ -53,6 +53,7 @@ class ImageSlices:
             raise InvalidImageError(f"Image of shape {shape} has fewer than 2 dimensions; expected at least (H, W).")
         if 0 in shape:
             raise InvalidImageError(f"Image of shape {shape} is empty.")
+        check_dtype(image.dtype)
         if rgb is None:
             rgb = guess_rgb(shape)
         if rgb and shape[-1] not in (3, 4):
@@ -104,8 +105,8 @@ class ImageSlices:
         return tuple(int(k) for k in np.unravel_index(flat, lead)) if lead else ()
 
     def intensity_limits(self) -> tuple[float, float] | None:
-        """(low, high) normalisation limits for the whole image (None for uint8), computed once."""
-        if np.dtype(self.array.dtype) == np.uint8:
+        """(low, high) normalisation limits for the whole image (None for uint8 and bool), computed once."""
+        if not needs_limits(self.array.dtype):
             return None
         if self._limits is None:
             self._limits = intensity_range(self._sample_for_limits())

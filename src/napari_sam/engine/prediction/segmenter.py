@@ -19,16 +19,27 @@ tile's crop normalised with the whole image's intensity limits; prompts are
 routed to one tile or split across tiles and merged by
 :mod:`napari_sam.engine.prediction.tiled_prediction` (see there for the rule, and for
 ``Prediction.tile`` / ``mask_input`` refinement on tiled slices).
+
+Threads: every call is atomic (one re-entrant :attr:`Segmenter.lock` guards the
+image, the tile grid, the predictor's embedding and the caches), so threads
+may share one Segmenter to embed and predict on the same image. A thread that
+called :meth:`Segmenter.set_image` and finds the image replaced by another
+thread at its next call gets :class:`~napari_sam.errors.ConcurrentUseError`
+instead of masks of the other image; an embedding generator whose image or
+tiling is replaced mid-way stops with the same error. To switch images from
+several threads, hold ``with seg.lock:`` around ``set_image`` and the calls
+that follow, or give each thread its own Segmenter.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidImageError, InvalidPromptError
+from ...errors import ConcurrentUseError, InvalidImageError, InvalidPromptError
 from ...model.transforms import get_preprocess_shape
 from ..store.embedding_store import EmbeddingStore
 from ..images.image_slices import ImageSlices, SliceIndex
@@ -91,6 +102,9 @@ class Segmenter:
         cache_dir: Any = None,
         cache_bytes: int | None = None,
     ) -> None:
+        self.lock = threading.RLock()  # guards image, grid, predictor and caches (see the module docstring)
+        self._generation = 0  # bumped by set_image / set_tiling
+        self._set_by = threading.local()  # the generation this thread's own set_image produced
         self.model = _resolve_model(model, device)
         self.predictor = SamPredictor(self.model, precision=precision)
         self.rgb = rgb
@@ -135,15 +149,20 @@ class Segmenter:
 
     def set_tiling(self, tile_shape: Any = None, halo: Any = None) -> None:
         """Change the tile shape and halo (see the class arguments); forgets embeddings in memory."""
-        old = (self._tile_setting, self._halo_setting)
-        self._tile_setting, self._halo_setting = tile_shape, halo
-        try:
-            self._validate_tiling_setting()
-        except InvalidImageError:
-            self._tile_setting, self._halo_setting = old
-            raise
-        if self._src is not None:
-            self._setup_grid()
+        with self.lock:
+            own = getattr(self._set_by, "generation", None) == self._generation
+            old = (self._tile_setting, self._halo_setting)
+            self._tile_setting, self._halo_setting = tile_shape, halo
+            try:
+                self._validate_tiling_setting()
+            except InvalidImageError:
+                self._tile_setting, self._halo_setting = old
+                raise
+            if self._src is not None:
+                self._setup_grid()
+            self._generation += 1
+            if own:
+                self._set_by.generation = self._generation
 
     def _memory_bound(self, n_tiles: int) -> int:
         if self.cache_bytes is not None:
@@ -152,7 +171,10 @@ class Segmenter:
         return max(1, self.cache_size) * max(1, n_tiles) * per_tile
 
     # ---- image -------------------------------------------------------------------------------
-    def set_image(self, image: Any, rgb: bool | None = None, image_id: str | None = None) -> None:
+    def set_image(
+        self, image: Any, rgb: bool | None = None, image_id: str | None = None, *,
+        axes: str | None = None, channel: Any = None,
+    ) -> None:
         """Use ``image``: (..., H, W) or (..., H, W, C) numpy, dask or zarr array.
 
         A list/tuple of arrays (napari multiscale data) means its first, full-resolution level.
@@ -160,13 +182,46 @@ class Segmenter:
         computed once over the whole array (sampled) on first use.
 
         Args:
-            image_id: identity of the data for the disk cache; by default a fingerprint
+            axes: one letter per axis (e.g. ``"czyx"``, ``"yxc"``), or None (from the shape where it is
+                unambiguous); see :mod:`napari_sam.engine.images.channels`.
+            channel: with a channel axis: the channel index, a list of indices (their mean) or
+                ``"mean"``; required when there are several channels.
+            image_id: identity of the data for grouping the disk cache; by default a fingerprint
                 of sampled pixels, shape and dtype (:func:`~napari_sam.engine.store.fingerprint.image_fingerprint`).
+                Whatever the group, a cached tile is reused only when the hash of exactly its
+                pixels now matches the one recorded with it.
         """
-        self._src = ImageSlices(image, self.rgb if rgb is None else rgb)
-        self._image_id = image_id
-        self.predictor.reset_image()
-        self._setup_grid()
+        from ..images.channels import select_channels
+        from ..images.image_slices import level0
+
+        image, rgb_from_axes = select_channels(level0(image), axes, channel)
+        if rgb is None:
+            rgb = rgb_from_axes if rgb_from_axes is not None else self.rgb
+        src = ImageSlices(image, rgb)
+        with self.lock:
+            self._src = src
+            self._image_id = image_id
+            self.predictor.reset_image()
+            self._setup_grid()
+            self._generation += 1
+            self._set_by.generation = self._generation
+
+    def _check_own_image(self) -> None:
+        """Refuse to answer a thread whose own image was replaced by another thread (call under the lock)."""
+        mine = getattr(self._set_by, "generation", None)
+        if mine is not None and mine != self._generation:
+            raise ConcurrentUseError(
+                "This Segmenter's image was replaced by another thread since this thread called set_image(), so "
+                "the answer would be for the other image. Give each thread its own Segmenter, or hold "
+                "'with segmenter.lock:' around set_image() and the calls that use it."
+            )
+
+    def _check_unchanged(self, generation: int) -> None:
+        if generation != self._generation:
+            raise ConcurrentUseError(
+                "The image or tiling of this Segmenter changed while its embeddings were being computed; "
+                "start the embedding again for the new image."
+            )
 
     def _setup_grid(self) -> None:
         tile, halo = self._tiling_for(self.spatial_shape)
@@ -241,7 +296,7 @@ class Segmenter:
             "weights": model_fingerprint(self.model),
             "precision": str(self.predictor.precision),
             "image_format": str(getattr(self.model, "image_format", "RGB")),
-            "intensity_limits": None if limits is None else [float(limits[0]), float(limits[1])],
+            "intensity_limits": None if limits is None else list(limits),  # exact ints for 64-bit integer data
             "tile_shape": list(g.tile_shape),
             "halo": list(g.halo),
             "grid_shape": list(g.grid_shape),
@@ -268,25 +323,37 @@ class Segmenter:
         """Where the embeddings live: the disk group (or None), memory use and entry counts."""
         return self._bind_store().info()
 
+    def _tile_pixels(self, key: tuple[int, ...], tile: Tile) -> tuple[np.ndarray, bytes]:
+        """A tile's crop and the hash of exactly those pixels (the identity of its cached embedding)."""
+        from ..store.fingerprint import pixel_hash
+
+        crop = self.slices.read_tile(key, tile)
+        return crop, pixel_hash(crop)
+
     def _has_tile(self, key: tuple[int, ...], tile: Tile) -> bool:
-        return self._bind_store().contains(self._flat(key), self.tile_grid.flat_index(tile.index))
+        with self.lock:
+            _, pixels = self._tile_pixels(key, tile)
+            return self._bind_store().matches(self._flat(key), self.tile_grid.flat_index(tile.index), pixels)
 
     def has_embedding(self, slice_index: SliceIndex = None) -> bool:
         """Whether every tile of the slice is embedded (in memory or complete in the disk cache)."""
         key = self._slice_key(slice_index)
         return all(self._has_tile(key, t) for t in self.tile_grid)
 
-    def _compute_tile(self, key: tuple[int, ...], tile: Tile) -> Embedding:
-        crop = self.slices.read_tile(key, tile)
-        self.predictor.set_image(crop, intensity_limits=self.intensity_limits())
-        emb = self.predictor.get_embedding()
-        return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb)
+    def _compute_tile(self, key: tuple[int, ...], tile: Tile, crop: np.ndarray, pixels: bytes) -> Embedding:
+        with self.lock:
+            self.predictor.set_image(crop, intensity_limits=self.intensity_limits())
+            emb = self.predictor.get_embedding()
+            return self._bind_store().put(self._flat(key), self.tile_grid.flat_index(tile.index), emb, pixels)
 
     def tile_embedding(self, slice_index: SliceIndex, tile: Tile) -> Embedding:
         """The embedding of one tile of one slice (from the caches, or computed now)."""
-        key = self._slice_key(slice_index)
-        emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index))
-        return emb if emb is not None else self._compute_tile(key, tile)
+        with self.lock:
+            self._check_own_image()
+            key = self._slice_key(slice_index)
+            crop, pixels = self._tile_pixels(key, tile)
+            emb = self._bind_store().get(self._flat(key), self.tile_grid.flat_index(tile.index), pixels)
+            return emb if emb is not None else self._compute_tile(key, tile, crop, pixels)
 
     def embed(
         self, slice_index: SliceIndex = None
@@ -295,16 +362,24 @@ class Segmenter:
 
         Returns an :class:`Embedding` for an untiled slice, a :class:`TiledEmbedding` otherwise.
         """
-        key = self._slice_key(slice_index)
-        grid = self.tile_grid
-        store = self._bind_store()
+        with self.lock:
+            self._check_own_image()
+            generation = self._generation
+            key = self._slice_key(slice_index)
+            grid = self.tile_grid
+            store = self._bind_store()
         out: list[Embedding] = []
         label = f"slice {key}" if key else "image"
         for i, tile in enumerate(grid):
-            emb = store.get(self._flat(key), i)
+            with self.lock:
+                self._check_unchanged(generation)
+                crop, pixels = self._tile_pixels(key, tile)
+                emb = store.get(self._flat(key), i, pixels)
             if emb is None:
                 yield Progress(i, len(grid), f"embedding {label}" + (f" tile {tile.index}" if len(grid) > 1 else ""))
-                emb = self._compute_tile(key, tile)
+                with self.lock:
+                    self._check_unchanged(generation)
+                    emb = self._compute_tile(key, tile, crop, pixels)
             out.append(emb)
         yield Progress(len(grid), len(grid), "embedded")
         return out[0] if len(grid) == 1 else TiledEmbedding(grid, tuple(out))
@@ -322,23 +397,28 @@ class Segmenter:
         Closing the generator cancels; every tile finished so far is kept (on disk
         when a ``cache_dir`` is set). Returns the number of tile embeddings computed.
         """
-        if slice_indices is None:
-            keys = [self.slices.unflat(i) for i in range(self.n_slices)]
-        else:
-            keys = [self._slice_key(s) for s in slice_indices]
-        grid = self.tile_grid
-        store = self._bind_store()
-        on_disk = store.complete_mask()
+        with self.lock:
+            self._check_own_image()
+            generation = self._generation
+            if slice_indices is None:
+                keys = [self.slices.unflat(i) for i in range(self.n_slices)]
+            else:
+                keys = [self._slice_key(s) for s in slice_indices]
+            grid = self.tile_grid
+            store = self._bind_store()
         total = len(keys) * len(grid)
         done = computed = 0
         yield Progress(0, total, "precomputing embeddings")
         for key in keys:
             flat = self._flat(key)
             for i, tile in enumerate(grid):
-                cached = store.in_memory(flat, i) or (on_disk is not None and bool(on_disk[flat, i]))
-                if not cached:
-                    self._compute_tile(key, tile)
-                    computed += 1
+                with self.lock:
+                    self._check_unchanged(generation)
+                    crop, pixels = self._tile_pixels(key, tile)
+                    cached = store.matches(flat, i, pixels)
+                    if not cached:
+                        self._compute_tile(key, tile, crop, pixels)
+                        computed += 1
                 done += 1
                 if not cached or done == total:
                     yield Progress(done, total, f"slice {key}" if key else "image")
@@ -366,17 +446,19 @@ class Segmenter:
         Returns:
             A :class:`Prediction` with (M, H, W) masks of the whole slice.
         """
-        key = self._slice_key(slice_index)
-        grid = self.tile_grid
-        pts, lab, bx = check_rowcol_prompts(points, labels, box, self.spatial_shape)
-        if pts is None and bx is None and mask_input is None:
-            raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
+        with self.lock:  # the predictor holds one embedding at a time: set it and predict as one step
+            self._check_own_image()
+            key = self._slice_key(slice_index)
+            grid = self.tile_grid
+            pts, lab, bx = check_rowcol_prompts(points, labels, box, self.spatial_shape)
+            if pts is None and bx is None and mask_input is None:
+                raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
 
-        def predict_in(t: Tile, **prompts):
-            self.predictor.set_embedding(self.tile_embedding(key, t))
-            return self.predictor.predict(**prompts)
+            def predict_in(t: Tile, **prompts):
+                self.predictor.set_embedding(self.tile_embedding(key, t))
+                return self.predictor.predict(**prompts)
 
-        return predict_tiled(grid, predict_in, pts, lab, bx, mask_input, multimask, tile)
+            return predict_tiled(grid, predict_in, pts, lab, bx, mask_input, multimask, tile)
 
     def segment(
         self,

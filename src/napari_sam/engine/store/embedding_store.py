@@ -14,6 +14,11 @@ On disk, ``cache_dir/<hash of that signature>.zarr`` is a zarr v3 group with
 - ``features``: (n_slices, n_tiles, C, h, w) float16 (``disk_dtype``), one chunk per entry;
 - ``complete``: (n_slices, n_tiles) int64, one chunk per entry: 0 = absent,
   otherwise ``crc32(features bytes) + 1``;
+- ``pixels``: (n_slices, n_tiles, 2) uint64, the xxh3-128 hash of exactly the
+  pixels each entry was computed from (:func:`~napari_sam.engine.store.fingerprint.pixel_hash`).
+  An entry is used only when the caller's pixels hash the same now (in memory
+  too), so an edit anywhere in the data, even where the group's sampled image
+  fingerprint does not look, recomputes exactly the entries it touched;
 - attributes ``napari_sam_embeddings``: format version, package version
   (``napari_sam.__version__``), the signature, original/input sizes, tile grid.
 
@@ -53,7 +58,7 @@ import numpy as np
 from ...errors import CacheError
 from ..prediction.predictor import Embedding
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-entry pixel hashes
 ATTRS_KEY = "napari_sam_embeddings"
 
 
@@ -102,6 +107,7 @@ class EmbeddingStore:
         self.disk_dtype = np.dtype(disk_dtype)
         self.on_error = on_error
         self._memory: OrderedDict[tuple[int, int], Embedding] = OrderedDict()
+        self._memory_pixels: dict[tuple[int, int], bytes | None] = {}
         self._memory_bytes = 0
         self._group = None
         self._group_path: Path | None = None
@@ -121,6 +127,7 @@ class EmbeddingStore:
 
     def clear_memory(self) -> None:
         self._memory.clear()
+        self._memory_pixels.clear()
         self._memory_bytes = 0
 
     def _problem(self, message: str, fallback: str = "continuing with the in-memory cache only",
@@ -218,7 +225,7 @@ class EmbeddingStore:
                     break
         if why is None:
             try:
-                feats, complete = group["features"], group["complete"]
+                feats, complete, _ = group["features"], group["complete"], group["pixels"]
                 want = (expected["n_slices"], expected["n_tiles"])
                 if tuple(feats.shape) != want + tuple(expected["feature_shape"]) or tuple(complete.shape) != want:
                     why = "its arrays have unexpected shapes"
@@ -242,6 +249,7 @@ class EmbeddingStore:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array("features", shape=(n_s, n_t, *fshape), chunks=(1, 1, *fshape), dtype=self.disk_dtype)
         group.create_array("complete", shape=(n_s, n_t), chunks=(1, 1), dtype="int64", fill_value=0)
+        group.create_array("pixels", shape=(n_s, n_t, 2), chunks=(1, 1, 2), dtype="uint64", fill_value=0)
         group.attrs[ATTRS_KEY] = attrs
         try:
             os.replace(tmp, path)
@@ -252,18 +260,37 @@ class EmbeddingStore:
         return zarr.open_group(str(path), mode="r+", zarr_format=3)
 
     # ---- entries -----------------------------------------------------------------------------
-    def _remember(self, key: tuple[int, int], emb: Embedding) -> None:
+    def _remember(self, key: tuple[int, int], emb: Embedding, pixels: bytes | None) -> None:
+        self._memory_pixels[key] = pixels
         old = self._memory.pop(key, None)
         if old is not None:
             self._memory_bytes -= old.features.numel() * old.features.element_size()
         self._memory[key] = emb
         self._memory_bytes += emb.features.numel() * emb.features.element_size()
         while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
-            _, dropped = self._memory.popitem(last=False)
+            gone, dropped = self._memory.popitem(last=False)
+            self._memory_pixels.pop(gone, None)
             self._memory_bytes -= dropped.features.numel() * dropped.features.element_size()
 
-    def in_memory(self, slice_flat: int, tile_flat: int) -> bool:
-        return (int(slice_flat), int(tile_flat)) in self._memory
+    def in_memory(self, slice_flat: int, tile_flat: int, pixels: bytes | None = None) -> bool:
+        """Whether the entry is in memory (and, given ``pixels``, was computed from pixels of that hash)."""
+        key = (int(slice_flat), int(tile_flat))
+        return key in self._memory and (pixels is None or self._memory_pixels.get(key) == pixels)
+
+    def _disk_pixels_match(self, key: tuple[int, int], pixels: bytes | None) -> bool:
+        if pixels is None:
+            return True
+        try:
+            return np.asarray(self._group["pixels"][key]).astype("<u8").tobytes() == pixels
+        except Exception:
+            return False
+
+    def matches(self, slice_flat: int, tile_flat: int, pixels: bytes) -> bool:
+        """Whether an entry computed from pixels of hash ``pixels`` is in memory or complete on disk."""
+        key = (int(slice_flat), int(tile_flat))
+        if self.in_memory(*key, pixels):
+            return True
+        return self.on_disk(*key) and self._disk_pixels_match(key, pixels)
 
     def on_disk(self, slice_flat: int, tile_flat: int) -> bool:
         """Whether a complete entry is on disk (its checksum is verified on :meth:`get`)."""
@@ -287,13 +314,14 @@ class EmbeddingStore:
             warnings.warn(f"Embedding cache {self._group_path}: cannot read its markers ({e}).", CacheWarning)
             return None
 
-    def get(self, slice_flat: int, tile_flat: int) -> Embedding | None:
-        """The embedding of an entry from memory or disk, or None (absent or corrupt: then warned)."""
+    def get(self, slice_flat: int, tile_flat: int, pixels: bytes | None = None) -> Embedding | None:
+        """The embedding of an entry from memory or disk, or None (absent, corrupt: then warned, or,
+        given ``pixels``, computed from other pixels than those of that hash: stale)."""
         import torch
 
         key = (int(slice_flat), int(tile_flat))
         emb = self._memory.get(key)
-        if emb is not None:
+        if emb is not None and (pixels is None or self._memory_pixels.get(key) == pixels):
             self._memory.move_to_end(key)
             return emb
         if self._group is None:
@@ -303,7 +331,7 @@ class EmbeddingStore:
         except Exception as e:
             self._corrupt(key, f"its marker cannot be read ({type(e).__name__})")
             return None
-        if marker == 0:
+        if marker == 0 or not self._disk_pixels_match(key, pixels):
             return None
         try:
             data = np.asarray(self._group["features"][key])
@@ -315,7 +343,7 @@ class EmbeddingStore:
             return None
         feats = torch.from_numpy(data.astype(np.float32))[None]
         emb = Embedding(feats, *self._sizes)
-        self._remember(key, emb)
+        self._remember(key, emb, pixels)
         return emb
 
     def _corrupt(self, key, why: str) -> None:
@@ -331,7 +359,7 @@ class EmbeddingStore:
             except Exception:
                 pass
 
-    def put(self, slice_flat: int, tile_flat: int, emb: Embedding) -> Embedding:
+    def put(self, slice_flat: int, tile_flat: int, emb: Embedding, pixels: bytes | None = None) -> Embedding:
         """Store an embedding (memory, and disk when persistent); returns what later gets return.
 
         With a disk cache the features are rounded to ``disk_dtype`` also in memory,
@@ -343,14 +371,17 @@ class EmbeddingStore:
         if self._group is not None and self._writable:
             data = emb.features[0].detach().cpu().numpy().astype(self.disk_dtype)
             try:
+                self._group["complete"][key] = 0  # an entry being replaced is never half-trusted
                 self._group["features"][key] = data
+                if pixels is not None:
+                    self._group["pixels"][key] = np.frombuffer(pixels, "<u8")
                 self._group["complete"][key] = zlib.crc32(np.ascontiguousarray(data).tobytes()) + 1
             except OSError as e:
                 self._group = None
                 self._problem(f"Cannot write to the embedding cache {self._group_path} ({e})",
                               "continuing with the in-memory cache only", e)
             emb = Embedding(torch.from_numpy(data.astype(np.float32))[None], emb.original_size, emb.input_size)
-        self._remember(key, emb)
+        self._remember(key, emb, pixels)
         return emb
 
     def info(self) -> dict[str, Any]:

@@ -9,6 +9,16 @@
   The whole array is never read. A change confined to pixels outside the
   samples of a big array is not detected; pass a different ``image_id`` to
   the Segmenter (or clear the cache) after editing big data in place.
+- :func:`pixel_hash`: xxh3-128 of exactly the pixels of one slice or tile crop
+  (with its shape and dtype). Every cached embedding and every finished batch
+  slice records the hash of the pixels it was computed from, and is reused
+  only when the pixels hash the same now: the sampled fingerprint above only
+  groups cache entries, it never decides that one is still valid. Hashing
+  runs at several GB/s, far below an encoder pass.
+- :func:`callable_identity`: a custom slice function recorded by its
+  qualified name plus a hash of its code, defaults, closure, ``functools.partial``
+  arguments and simple global constants, or ``None`` when it holds something
+  that cannot be identified (then a batch run refuses to resume).
 - :func:`model_fingerprint`: the architecture name plus a hash of every
   parameter's name, shape and dtype and of a few sampled values per tensor
   (the first, last and 64 evenly strided elements), so fine-tuned or
@@ -17,7 +27,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import types
 from typing import Any
 
 import numpy as np
@@ -84,4 +96,111 @@ def model_fingerprint(model: Any, samples: int = 64) -> str:
             idx = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
             picked = torch.cat([flat[:1], flat[-1:], flat[idx]]).float().cpu().numpy()
             h.update(picked.tobytes())
+    return h.hexdigest()
+
+
+def pixel_hash(pixels: Any) -> bytes:
+    """16-byte xxh3-128 digest of an array's exact pixels, shape and dtype (reads the whole array)."""
+    import xxhash
+
+    arr = np.ascontiguousarray(np.asarray(pixels))
+    h = xxhash.xxh3_128()
+    h.update(repr((arr.shape, arr.dtype.str)).encode())
+    h.update(memoryview(arr).cast("B") if arr.size else b"")
+    return h.digest()
+
+
+class _Unidentifiable(Exception):
+    pass
+
+
+_SIMPLE = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _feed(h: Any, obj: Any, depth: int = 0) -> None:
+    """Hash ``obj`` by value; raises _Unidentifiable for objects without a stable identity."""
+    if depth > 8:
+        raise _Unidentifiable("nested too deeply")
+    if isinstance(obj, _SIMPLE):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, np.ndarray):
+        h.update(b"ndarray:" + pixel_hash(obj))
+    elif isinstance(obj, np.generic):
+        h.update(f"{obj.dtype.str}:{obj!r};".encode())
+    elif isinstance(obj, (tuple, list, frozenset, set)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        h.update(f"{type(obj).__name__}[{len(items)}](".encode())
+        for x in items:
+            _feed(h, x, depth + 1)
+        h.update(b")")
+    elif isinstance(obj, dict):
+        h.update(f"dict[{len(obj)}](".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k, depth + 1)
+            _feed(h, obj[k], depth + 1)
+        h.update(b")")
+    elif isinstance(obj, functools.partial):
+        h.update(b"partial(")
+        for part in (obj.func, obj.args, obj.keywords):
+            _feed(h, part, depth + 1)
+        h.update(b")")
+    elif isinstance(obj, types.CodeType):
+        h.update(obj.co_code)
+        h.update(repr((obj.co_names, obj.co_varnames, obj.co_argcount)).encode())
+        for c in obj.co_consts:
+            _feed(h, c, depth + 1)
+    elif isinstance(obj, (types.FunctionType, types.MethodType)):
+        fn = obj.__func__ if isinstance(obj, types.MethodType) else obj
+        h.update(f"function:{fn.__module__}.{fn.__qualname__};".encode())
+        _feed(h, fn.__code__, depth + 1)
+        _feed(h, (fn.__defaults__, fn.__kwdefaults__), depth + 1)
+        for cell in fn.__closure__ or ():
+            _feed(h, cell.cell_contents, depth + 1)
+        for name in fn.__code__.co_names:  # global constants the body reads (modules/functions: by name)
+            value = fn.__globals__.get(name)
+            if isinstance(value, _SIMPLE + (tuple,)):
+                _feed(h, (name, value), depth + 1)
+        if isinstance(obj, types.MethodType):
+            _feed(h, obj.__self__, depth + 1)
+    elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, type)) or _importable(obj):
+        h.update(f"{type(obj).__name__}:{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj.__name__)};"
+                 .encode())
+    elif hasattr(obj, "describe") and callable(obj.describe) and hasattr(obj, "__dataclass_fields__"):
+        _feed(h, obj.describe(), depth + 1)
+    elif hasattr(obj, "__dataclass_fields__"):
+        h.update(f"dataclass:{type(obj).__module__}.{type(obj).__qualname__};".encode())
+        _feed(h, {f: getattr(obj, f) for f in obj.__dataclass_fields__}, depth + 1)
+    elif callable(obj) and hasattr(obj, "__dict__") and not isinstance(obj, type):
+        h.update(f"instance:{type(obj).__module__}.{type(obj).__qualname__};".encode())
+        _feed(h, type(obj).__call__, depth + 1)
+        _feed(h, vars(obj), depth + 1)
+    else:
+        raise _Unidentifiable(f"{type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def _importable(obj: Any) -> bool:
+    """A library callable reachable as ``module.qualname`` (e.g. numpy's functions): named by that."""
+    import importlib
+
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
+        return False
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return False
+    return found is obj
+
+
+def callable_identity(fn: Any) -> str | None:
+    """Hex xxh3-128 of what a callable computes with (see the module docstring), or None when unknown."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    try:
+        _feed(h, fn)
+    except _Unidentifiable:
+        return None
     return h.hexdigest()

@@ -1,0 +1,136 @@
+"""Axis meaning and channel choice: what an array's axes are, and which channel the encoder sees.
+
+SAM sees one 2D grayscale or RGB image per slice. Multichannel microscopy
+(a channel axis ``c``) is reduced to one channel, or to a composite (the mean
+of several channels), before slicing. Axis meaning comes from, in order:
+
+1. ``axes`` given by the caller (``axes="cyx"``; CLI ``--axes CYX``);
+2. the file's metadata (OME axes, tifffile series axes; see :mod:`.io`);
+3. the shape, only where it is not ambiguous: (..., H, W) is slices of 2D
+   images, (..., H, W, 3|4) with ``rgb`` is colour.
+
+A shape whose meaning is ambiguous is refused, naming the argument that
+resolves it: a trailing axis of length 2 ((H, W, 2): two channels, not H slices
+of W x 2 pixels); a channel axis with several channels and no ``channel``
+choice. A trailing axis of length 1 is a single channel and is dropped.
+
+Axis letters: ``t`` time, ``c`` channel, ``z`` depth, ``y``/``x`` the plane,
+``s`` colour samples (RGB), others (``q``, ``i``...) are slice axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidImageError
+
+ChannelChoice = int | Sequence[int] | str | None
+
+
+def _check_axes(axes: str, shape: tuple[int, ...]) -> str:
+    axes = axes.lower()
+    if len(axes) != len(shape) or any(axes.count(a) > 1 for a in "csyx"):
+        raise InvalidImageError(
+            f"axes={axes!r} does not fit an image of shape {shape}: give one distinct letter per axis "
+            f"(e.g. {'zyx' if len(shape) == 3 else 'czyx' if len(shape) == 4 else 'yx'})."
+        )
+    if not axes.endswith("yx") and not axes.endswith("yxs") and not axes.endswith("yxc"):
+        raise InvalidImageError(f"axes={axes!r}: the plane axes 'y' and 'x' must come last (or before 'c'/'s').")
+    return axes
+
+
+def _channels_of(n: int, channel: ChannelChoice, where: str) -> list[int] | None:
+    """Channel indices to use (None: all, for the mean composite)."""
+    if isinstance(channel, str):
+        if channel.lower() not in ("mean", "all"):
+            raise InvalidImageError(f"channel={channel!r}: give a channel index, a list of indices, or 'mean'.")
+        return None
+    picks = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
+    if not picks or any(not 0 <= c < n for c in picks):
+        raise InvalidImageError(f"channel={channel!r} is out of range: the image has {n} channels ({where}).")
+    return picks
+
+
+def select_channels(image: Any, axes: str | None = None, channel: ChannelChoice = None) -> tuple[Any, bool | None]:
+    """The array the engine slices, and whether its last axis is RGB (None: unknown, guess later).
+
+    Args:
+        image: numpy, dask or zarr array, file order.
+        axes: one letter per axis (see the module docstring), or None (decide from the shape).
+        channel: for an image with a channel axis: an index, a list of indices (their mean), or
+            ``"mean"`` (all channels); required when there are several channels.
+
+    Returns:
+        ``(array, rgb)``: (..., H, W) or (..., H, W, 3|4); lazy inputs stay lazy (dask).
+        A composite is float32.
+
+    Raises:
+        InvalidImageError: ambiguous shapes, axes that do not fit, channels out of range.
+    """
+    shape = tuple(int(s) for s in image.shape)
+    if axes is not None and "q" in axes.lower():  # tifffile's "unknown" axes carry no meaning: use the shape
+        axes = None
+    if axes is None:
+        if len(shape) >= 3 and shape[-1] <= 2 and shape[-2] > 4:
+            if shape[-1] == 1:
+                axes = "i" * (len(shape) - 3) + "yxc"
+            elif channel is None:
+                raise InvalidImageError(
+                    f"Image of shape {shape} ends in an axis of length {shape[-1]}: channels, not a plane of "
+                    f"{shape[-2]} x {shape[-1]} pixels. Choose a channel with channel=0 (CLI: --channel 0), a "
+                    "composite with channel='mean', or give the axes (axes='zyx' / --axes ZYX) if they really "
+                    "are slices."
+                )
+            else:
+                axes = "i" * (len(shape) - 3) + "yxc"
+        elif channel is not None:
+            raise InvalidImageError(
+                f"channel={channel!r} was given but the image of shape {shape} has no known channel axis; "
+                f"give its axes too (e.g. axes='cyx', CLI --axes CYX)."
+            )
+        else:
+            return image, None
+    axes = _check_axes(axes, shape)
+    rgb: bool | None = False
+    if "s" in axes:
+        if axes[-1] != "s" or shape[-1] not in (3, 4):
+            if "c" in axes:
+                raise InvalidImageError(f"axes={axes!r}: both 's' (colour samples) and 'c' channels; choose one.")
+            axes = axes.replace("s", "c")  # samples that are not RGB(A): channels
+        else:
+            rgb = True
+    if "c" not in axes:
+        if channel is not None:
+            raise InvalidImageError(f"channel={channel!r} was given but the axes {axes!r} have no channel axis 'c'.")
+        return image, rgb
+    ci = axes.index("c")
+    n = shape[ci]
+    if n > 1 and channel is None:
+        raise InvalidImageError(
+            f"The image has {n} channels (axes {axes.upper()}, shape {shape}); SAM sees one channel at a time. "
+            f"Choose one with channel=0 .. {n - 1} (CLI: --channel K), or a composite with channel='mean' "
+            "(or a list of channels to average). If they are z-slices or time points, not channels, give the "
+            f"axes instead (axes='{axes.replace('c', 'z')}', CLI --axes {axes.replace('c', 'z').upper()})."
+        )
+    picks = [0] if n == 1 else _channels_of(n, channel, f"axes {axes.upper()}")
+    lazy = not isinstance(image, np.ndarray)
+    if lazy:
+        import dask.array as da
+
+        arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=getattr(image, "chunks", "auto"))
+    else:
+        arr = image
+    index = [slice(None)] * len(shape)
+    if picks is not None and len(picks) == 1:
+        index[ci] = picks[0]
+        return arr[tuple(index)], rgb
+    if picks is not None:
+        index[ci] = picks
+        arr = arr[tuple(index)]
+    return arr.astype(np.float32).mean(axis=ci, dtype=np.float32), rgb
+
+
+__all__ = ["ChannelChoice", "select_channels"]
