@@ -140,7 +140,7 @@ class BatchWidget(Container):
 
     def cancel(self, _=None) -> None:
         """Stop after the current slice; finished slices stay in the output (run again to resume)."""
-        if self._job is not None:
+        if self.running:
             self._job.cancel()
             self._status.value = "cancelled: finished slices are kept; run again to resume"
 

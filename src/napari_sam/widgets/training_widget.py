@@ -62,6 +62,7 @@ class TrainingWidget(Container):
         self.extend([self._image, self._labels, self._model, self._model_file, self._decoder_only, self._epochs,
                      self._interactions, self._output, self._resume, self._overwrite, self._run, self._cancel,
                      self._status])
+        self._select_default_model()
         self._model.changed.connect(lambda v: setattr(self._model_file, "visible", v == FROM_FILE))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -85,6 +86,17 @@ class TrainingWidget(Container):
         from ..engine.models.zoo import list_models
 
         return [e.name for e in list_models()] + [FROM_FILE]
+
+    def _select_default_model(self) -> None:
+        """Start from the default model (the bundled ``tiny``: works offline), not the first zoo entry."""
+        from ..engine.models.zoo import default_model_name
+
+        try:
+            name = default_model_name()
+        except NapariSamError:  # no bundled model: leave the first entry
+            return
+        if name in self._model.choices:
+            self._model.value = name
 
     def _model_spec(self) -> str:
         if self._model.value == FROM_FILE:
@@ -138,7 +150,7 @@ class TrainingWidget(Container):
         return self._job
 
     def cancel(self, _=None) -> None:
-        if self._job is not None:
+        if self.running:
             self._job.cancel()
             self._status.value = "stopped: the last checkpoint is saved; tick 'resume' to continue"
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any
 
+from .gl_safety import protect_process
 from ..engine.progress import run_blocking
 
 SYNC_ENV = "NAPARI_SAM_SYNC"
@@ -67,7 +68,12 @@ def start_generator_job(
     on_finish: Callable[[], None] | None = None,
     tag: Any = None,
 ) -> Job:
-    """Run a progress generator (``make_gen()``); its return value goes to ``on_return`` on the GUI thread."""
+    """Run a progress generator (``make_gen()``); its return value goes to ``on_return`` on the GUI thread.
+
+    Before it starts, :func:`~napari_sam.widgets.gl_safety.protect_process` keeps triton (and
+    ``torch.compile``) out of this process: loading them once napari's OpenGL context exists can crash napari.
+    """
+    protect_process()
     if sync_mode():
         job = Job(None, tag)
         try:
