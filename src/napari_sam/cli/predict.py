@@ -20,11 +20,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="a positive click (repeatable)")
     p.add_argument("--negative", nargs=2, type=float, action="append", metavar=("ROW", "COL"), default=[],
                    help="a negative click (repeatable)")
-    p.add_argument("--box", nargs=4, type=float, metavar=("ROW0", "COL0", "ROW1", "COL1"))
+    p.add_argument("--box", nargs=4, type=float, metavar=("ROW0", "COL0", "ROW1", "COL1"),
+                   help="box prompt: top-left and bottom-right corners in pixels (default: none)")
     p.add_argument("--slice", type=int, default=None, help="slice index along the first axis of a stack")
     p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
