@@ -107,7 +107,7 @@ for key, image_data, truth_data in (("2d", image2d, truth2d), ("3d", image3d, tr
     main._accept.native.click()
     step[name] = status(name)
 
-    name = "Segment stack (batch)"
+    name = "Segment stack"
     batch = widgets[name]
     batch._image.value = image
     batch._points.value = 4
@@ -115,7 +115,7 @@ for key, image_data, truth_data in (("2d", image2d, truth2d), ("3d", image3d, tr
     press_all(name)
     step[name] = status(name)
 
-    name = "Fine-tune on your labels"
+    name = "Fine-tune"
     train = widgets[name]
     train._image.value = image
     train._labels.value = viewer.add_labels(one_slice, name=f"few labels {key}")

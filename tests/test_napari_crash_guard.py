@@ -79,15 +79,14 @@ def test_viewer_first_then_every_button_of_every_dock_widget(tmp_path):
     assert result["heavy_at_start"] == [], result["heavy_at_start"]  # the subprocess starts clean
     assert not set(result["heavy_at_end"]) & set(HEAVY), result["heavy_at_end"]
     # every button of every widget, once per sample (2D and 3D)
-    assert set(result["n_buttons"]) == {"Segment Anything", "Segment stack (batch)", "Fine-tune on your labels",
-                                        "Propagate in 3D"}
+    assert set(result["n_buttons"]) == {"Segment Anything", "Segment stack", "Fine-tune", "Propagate in 3D"}
     for name, n in result["n_buttons"].items():
         assert n >= 2 and len(result["pressed"][name]) == 2 * n, (name, result["pressed"][name])
     for key in ("2d", "3d"):
         st = result["statuses"][key]
         assert st["Segment Anything"].startswith("accepted label"), st
-        assert "objects in" in st["Segment stack (batch)"], st
-        assert st["Fine-tune on your labels"].startswith("saved"), st
+        assert "objects in" in st["Segment stack"], st
+        assert st["Fine-tune"].startswith("saved"), st
         assert not any(s.startswith("error") for s in st.values()), st
     assert result["statuses"]["3d"]["Propagate in 3D"].endswith("new objects"), result["statuses"]["3d"]
     assert result["labels_max"]["sam target 2d"] >= 1 and result["labels_max"]["sam target 3d"] >= 1

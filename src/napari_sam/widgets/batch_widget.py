@@ -21,6 +21,8 @@ from ..errors import NapariSamError
 from .workers import Job, start_generator_job
 
 FROM_FILE = "from file..."
+PICK_IMAGE = "pick an image"
+READY = "ready: press 'Segment stack'"
 
 
 class BatchWidget(Container):
@@ -41,11 +43,12 @@ class BatchWidget(Container):
         self._model = ComboBox(label="model", choices=self._model_choices)
         self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
         self._points = SpinBox(label="points per side", min=1, max=128, value=32)
-        self._output = FileEdit(label="output (.zarr/.tif)", mode="w", filter="*.zarr *.tif *.tiff")
+        self._output = FileEdit(label="output", mode="w", filter="*.zarr *.tif *.tiff",
+                                tooltip="a .zarr folder or a .tif file (empty: a temporary .zarr)")
         self._overwrite = CheckBox(text="overwrite existing output", value=False)
         self._run = PushButton(text="Segment stack")
         self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(label="status", value="pick an image")
+        self._status = Label(label="status", value=PICK_IMAGE)
         self.extend([self._image, self._model, self._model_file, self._points, self._output, self._overwrite,
                      self._run, self._cancel, self._status])
 
@@ -53,6 +56,7 @@ class BatchWidget(Container):
         self._model.changed.connect(lambda v: setattr(self._model_file, "visible", v == FROM_FILE))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
+        self._image.changed.connect(self._idle_status)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_images)
         self._refresh_images()
@@ -67,6 +71,12 @@ class BatchWidget(Container):
         self._image.reset_choices()
         if self._image.value is None and self._image.choices:
             self._image.value = self._image.choices[-1]
+        self._idle_status()
+
+    def _idle_status(self, _value=None) -> None:
+        """While idle, the status prompt follows the selection (other messages stay until the next run)."""
+        if self._status.value in (PICK_IMAGE, READY):
+            self._status.value = PICK_IMAGE if self._image.value is None else READY
 
     def _model_choices(self, _widget=None) -> list[str]:
         from ..engine.models.zoo import list_models

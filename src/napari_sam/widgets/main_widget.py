@@ -124,6 +124,7 @@ class SamWidget(Container):
             getattr(layers, name).connect(self._reset_choices)
 
         self.native.destroyed.connect(self._disconnect)
+        self.native.setMinimumWidth(360)  # room for the dock title "Segment Anything (napari-sam-lab)"
         self.native.setMaximumWidth(440)
         self._status.native.setWordWrap(True)
         self._timing.native.setWordWrap(True)

@@ -85,7 +85,11 @@ class PropagationWidget(Container):
     def _labels_choices(self, _w=None) -> list[tuple[str, Any]]:
         from napari.layers import Labels
 
-        return [(la.name, la) for la in self._viewer.layers if isinstance(la, Labels)]
+        from ..adapters.layer_data import ROLE_KEY
+
+        # napari-sam's own preview is never a target (its contents are replaced at every click)
+        return [(la.name, la) for la in self._viewer.layers
+                if isinstance(la, Labels) and la.metadata.get(ROLE_KEY) != "preview"]
 
     def _model_choices(self, _w=None) -> list[str]:
         """Zoo models, plus the main widget's model when it is another one (e.g. a checkpoint file)."""
