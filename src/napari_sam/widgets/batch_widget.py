@@ -6,7 +6,7 @@ zarr output (resumable: running the same job again on the same output picks
 up where it stopped), and adds the result as a Labels layer backed by the
 zarr array (not loaded into memory).
 
-Nothing here imports torchvision (the model is loaded inside the worker).
+The model is loaded inside the worker.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ the run. Only the run's ids (and background) change; voxels edited by the user m
 
 When napari-sam's main widget (the per-viewer controller of :mod:`napari_sam.adapters`) holds the
 picked model for the same image, its :class:`~napari_sam.engine.prediction.segmenter.Segmenter` is reused
-(shared slice embeddings); otherwise this widget keeps its own. torchvision is imported only in the
-worker of "Segment this slice automatically", never at module import.
+(shared slice embeddings); otherwise this widget keeps its own. The automatic mask generator is
+imported only in the worker of "Segment this slice automatically".
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class PropagationWidget(Container):
             if self.segment_slice is not None:
                 return np.asarray(self.segment_slice(np.asarray(layer_array(image)[z])))
                 yield  # pragma: no cover  (a generator)
-            from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at module import
+            from ..engine.automatic.amg import SamAutomaticMaskGenerator
 
             seg, _ = self._segmenter(image, name)
             amg = SamAutomaticMaskGenerator(seg.model, points_per_side=points)

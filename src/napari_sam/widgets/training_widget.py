@@ -3,7 +3,8 @@
 Runs :func:`napari_sam.training.trainer.fine_tune` in a napari worker (progress
 bar with the loss, cancel between steps: the last checkpoint is saved on
 cancel and a later run with "resume" continues it). The model is loaded inside
-the worker, so nothing here imports torchvision on the GUI thread.
+the worker; torch.optim loads ``torch._dynamo`` there, safe because the widgets keep triton out
+(:mod:`napari_sam.widgets.gl_safety`).
 
 A 2D image with 2D labels gives one training pair; a (Z, Y, X) stack with
 (Z, Y, X) labels gives one pair per slice that has objects.
