@@ -32,6 +32,9 @@ echo "== installing napari-sam-lab with its test extras"
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test]"
 
-# 3. The suite (pytest-xvfb starts a virtual display for the session).
+# 3. The suite (pytest-xvfb starts a virtual display for the session), on PyQt6, the Qt binding
+#    napari recommends (napari and pytest-qt would otherwise each pick a binding of their own
+#    where an older environment also has PyQt5).
+export QT_API="${QT_API:-pyqt6}" PYTEST_QT_API="${PYTEST_QT_API:-pyqt6}"
 echo "== running the tests"
 exec .venv/bin/python -m pytest "$@"

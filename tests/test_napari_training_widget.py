@@ -1,4 +1,4 @@
-"""The "Fine-tune on your labels" dock widget on a real viewer (run under a virtual X display)."""
+"""The "Fine-tune" dock widget on a real viewer (run under a virtual X display)."""
 
 from __future__ import annotations
 

@@ -462,15 +462,13 @@ class SamController:
     def undo(self) -> int | None:
         """Revert the last commit; returns its label id (None when there is nothing to undo)."""
         label_id = self._history.undo()
-        if label_id is None:
-            self._status("Nothing to undo.")
+        self._status("Nothing to undo." if label_id is None else f"undid label {label_id}")
         return label_id
 
     def redo(self) -> int | None:
         """Re-apply the last undone commit; returns its label id (None when there is nothing to redo)."""
         label_id = self._history.redo()
-        if label_id is None:
-            self._status("Nothing to redo.")
+        self._status("Nothing to redo." if label_id is None else f"redid label {label_id}")
         return label_id
 
     def edit_label(self, label_id: int) -> None:

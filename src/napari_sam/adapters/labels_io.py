@@ -17,6 +17,8 @@ from ..errors import InvalidImageError, InvalidPromptError
 from .layer_data import labels_shape
 
 PREVIEW_NAME = "SAM preview"
+# RGBA of every non-zero preview pixel: magenta, far from the colours napari gives committed ids 1, 2, ...
+PREVIEW_COLOR = (1.0, 0.0, 1.0, 1.0)
 TARGET_NAME = "SAM labels"
 
 
@@ -46,6 +48,13 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def preview_colormap() -> Any:
+    """One colour (:data:`PREVIEW_COLOR`) for every non-zero value: a preview never looks like a committed object."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: (0.0, 0.0, 0.0, 0.0)})
 
 
 def make_labels_layer(image_layer: Any, name: str, dtype=np.int32) -> Any:

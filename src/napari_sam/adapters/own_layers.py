@@ -26,6 +26,7 @@ def add_preview_layer(viewer: Any, image_layer: Any, points_layer: Any, bind_key
     """Add a preview Labels layer for ``image_layer`` just below ``points_layer``; returns it."""
     layer = labels_io.make_labels_layer(image_layer, labels_io.PREVIEW_NAME, dtype=np.uint8)
     layer.opacity = 0.55
+    layer.colormap = labels_io.preview_colormap()
     layer.metadata[ROLE] = "preview"
     layer = viewer.add_layer(layer)
     bind_keys(layer)

@@ -33,14 +33,29 @@ def _available() -> dict[str, object]:
     return mods
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that states every option's default: ``(default: X)`` unless the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        if isinstance(action.default, bool) and action.nargs == 0:
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy.")
+    parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy.",
+                                     formatter_class=DefaultsHelpFormatter)
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-sam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, mod in _available().items():
         p = mod.add_parser(sub)
+        p.formatter_class = DefaultsHelpFormatter
         p.set_defaults(_run=mod.run)
     return parser
 

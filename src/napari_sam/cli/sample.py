@@ -9,8 +9,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a synthetic fluorescence sample (image + true labels) as TIFF")
     p.add_argument("kind", choices=["cells", "stack"], help="2D nuclei image or 3D nuclei stack")
     p.add_argument("--out", required=True, help="output image TIFF; labels go to <out stem>_labels.tif")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the drawn nuclei")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 

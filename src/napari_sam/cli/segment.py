@@ -29,17 +29,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tile", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
                    help="segment large slices in tiles of ROWS x COLS pixels")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run slices on a Dask cluster (e.g. tcp://host:8786); the output must be on shared storage")
     p.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side,
                    help="prompt grid of the automatic segmentation")
-    p.add_argument("--pred-iou-thresh", type=float, default=DEFAULTS.pred_iou_thresh)
-    p.add_argument("--stability-score-thresh", type=float, default=DEFAULTS.stability_score_thresh)
+    p.add_argument("--pred-iou-thresh", type=float, default=DEFAULTS.pred_iou_thresh,
+                   help="keep masks whose predicted IoU is above this (0 keeps all)")
+    p.add_argument("--stability-score-thresh", type=float, default=DEFAULTS.stability_score_thresh,
+                   help="keep masks at least this stable under a threshold shift (0 keeps all)")
     p.add_argument("--min-area", type=int, default=DEFAULTS.min_mask_region_area, metavar="PIXELS",
                    help="leave out objects smaller than this, and clean mask islands/holes smaller than this "
-                        "(default: %(default)s; 0 keeps everything)")
+                        "(0 keeps everything)")
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

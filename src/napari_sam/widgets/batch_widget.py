@@ -6,7 +6,7 @@ zarr output (resumable: running the same job again on the same output picks
 up where it stopped), and adds the result as a Labels layer backed by the
 zarr array (not loaded into memory).
 
-Nothing here imports torchvision (the model is loaded inside the worker).
+The model is loaded inside the worker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ..engine.automatic.settings import DEFAULTS, AutoSettings
 from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
+PICK_IMAGE = "pick an image"
+READY = "ready: press 'Segment stack'"
 
 
 class BatchWidget(Container):
@@ -42,17 +44,19 @@ class BatchWidget(Container):
         self._picker = ModelPicker("model")
         self._model, self._model_file = self._picker.combo, self._picker.file
         self._points = SpinBox(label="points per side", min=1, max=128, value=DEFAULTS.points_per_side)
-        self._output = FileEdit(label="output (.zarr/.tif)", mode="w", filter="*.zarr *.tif *.tiff")
+        self._output = FileEdit(label="output", mode="w", filter="*.zarr *.tif *.tiff",
+                                tooltip="a .zarr folder or a .tif file (empty: a temporary .zarr)")
         self._overwrite = CheckBox(text="overwrite existing output", value=False)
         self._run = PushButton(text="Segment stack")
         self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(label="status", value="pick an image")
+        self._status = Label(label="status", value=PICK_IMAGE)
         self.extend([self._image, self._model, self._model_file, self._points, self._output, self._overwrite,
                      self._run, self._cancel, self._status])
 
-        self._select_default_model()
+        self._picker.select_default()
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
+        self._image.changed.connect(self._idle_status)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_images)
         self._refresh_images()
@@ -67,16 +71,12 @@ class BatchWidget(Container):
         self._image.reset_choices()
         if self._image.value is None and self._image.choices:
             self._image.value = self._image.choices[-1]
+        self._idle_status()
 
-    def _select_default_model(self) -> None:
-        from ..engine.models.zoo import default_model_name
-
-        try:
-            name = default_model_name()
-        except NapariSamError:  # no bundled model: leave the first entry
-            return
-        if name in self._model.choices:
-            self._model.value = name
+    def _idle_status(self, _value=None) -> None:
+        """While idle, the status prompt follows the selection (other messages stay until the next run)."""
+        if self._status.value in (PICK_IMAGE, READY):
+            self._status.value = PICK_IMAGE if self._image.value is None else READY
 
     def _output_path(self, layer) -> Path:
         value = self._output.value
@@ -130,7 +130,7 @@ class BatchWidget(Container):
 
     def cancel(self, _=None) -> None:
         """Stop after the current slice; finished slices stay in the output (run again to resume)."""
-        if self._job is not None:
+        if self.running:
             self._job.cancel()
             self._status.value = "cancelled: finished slices are kept; run again to resume"
 

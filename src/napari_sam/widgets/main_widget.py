@@ -6,7 +6,7 @@ and routes everything else to the viewer's
 loading never run on the GUI thread (unless ``NAPARI_SAM_SYNC=1``); decoder
 predictions for clicks do (milliseconds; see ``benchmarks/bench_click.py``).
 
-Nothing here imports torchvision or ``torch._dynamo`` (importing them after the
+Nothing here loads triton (see :mod:`napari_sam.widgets.gl_safety`: loading it after the
 OpenGL canvas exists crashes under Mesa).
 """
 
@@ -123,6 +123,7 @@ class SamWidget(Container):
             getattr(layers, name).connect(self._reset_choices)
 
         self.native.destroyed.connect(self._disconnect)
+        self.native.setMinimumWidth(360)  # room for the dock title "Segment Anything (napari-sam-lab)"
         self.native.setMaximumWidth(440)
         self._status.native.setWordWrap(True)
         self._timing.native.setWordWrap(True)

@@ -57,3 +57,15 @@ class ModelPicker:
                 raise NapariSamError(f"Choose a checkpoint file for '{self._label}: {FROM_FILE}'.")
             return path
         return self.combo.value
+
+    def select_default(self, preferred: str | None = None) -> None:
+        """Select ``preferred`` if offered, else the default model (the bundled ``tiny``: works
+        offline), else leave the first entry."""
+        from ..engine.models.zoo import default_model_name
+
+        try:
+            name = preferred or default_model_name()
+        except NapariSamError:  # no bundled model: leave the first entry
+            return
+        if name in self.combo.choices:
+            self.combo.value = name

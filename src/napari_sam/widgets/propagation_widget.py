@@ -89,7 +89,11 @@ class PropagationWidget(Container):
     def _labels_choices(self, _w=None) -> list[tuple[str, Any]]:
         from napari.layers import Labels
 
-        return [(la.name, la) for la in self._viewer.layers if isinstance(la, Labels)]
+        from ..adapters.layer_data import ROLE_KEY
+
+        # napari-sam's own preview is never a target (its contents are replaced at every click)
+        return [(la.name, la) for la in self._viewer.layers
+                if isinstance(la, Labels) and la.metadata.get(ROLE_KEY) != "preview"]
 
     def _main_model(self) -> list[str]:
         """The main widget's model name (e.g. a checkpoint file), offered first: embeddings are then shared."""

@@ -3,7 +3,8 @@
 Runs :func:`napari_sam.training.trainer.fine_tune` in a napari worker (progress
 bar with the loss, cancel between steps: the last checkpoint is saved on
 cancel and a later run with "resume" continues it). The model is loaded inside
-the worker, so nothing here imports torchvision on the GUI thread.
+the worker; torch.optim loads ``torch._dynamo`` there, safe because the widgets keep triton out
+(:mod:`napari_sam.widgets.gl_safety`).
 
 A 2D image with 2D labels gives one training pair; a (Z, Y, X) stack with
 (Z, Y, X) labels gives one pair per slice that has objects.
@@ -50,6 +51,7 @@ class TrainingWidget(Container):
         self._labels = ComboBox(label="labels", choices=self._layer_choices("Labels"), nullable=True)
         self._picker = ModelPicker("start from")
         self._model, self._model_file = self._picker.combo, self._picker.file
+        self._picker.select_default()  # the bundled tiny: works offline
         self._decoder_only = CheckBox(text="decoder only (freeze encoder, faster)", value=True)
         self._epochs = SpinBox(label="epochs", min=1, max=10000, value=20)
         self._interactions = SpinBox(label="prompt rounds", min=1, max=16, value=4)
@@ -124,7 +126,7 @@ class TrainingWidget(Container):
         return self._job
 
     def cancel(self, _=None) -> None:
-        if self._job is not None:
+        if self.running:
             self._job.cancel()
             self._status.value = "stopped: the last checkpoint is saved; tick 'resume' to continue"
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from ..engine.progress import CANCELLED, relay, run_blocking
+from .gl_safety import protect_process
 
 SYNC_ENV = "NAPARI_SAM_SYNC"
 
@@ -66,7 +67,12 @@ def start_generator_job(
     on_finish: Callable[[], None] | None = None,
     tag: Any = None,
 ) -> Job:
-    """Run a progress generator (``make_gen()``); its return value goes to ``on_return`` on the GUI thread."""
+    """Run a progress generator (``make_gen()``); its return value goes to ``on_return`` on the GUI thread.
+
+    Before it starts, :func:`~napari_sam.widgets.gl_safety.protect_process` keeps triton (and
+    ``torch.compile``) out of this process: loading them once napari's OpenGL context exists can crash napari.
+    """
+    protect_process()
     if sync_mode():
         job = Job(None, tag)
         try:

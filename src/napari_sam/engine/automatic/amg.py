@@ -39,6 +39,7 @@ from ...model.sam import Sam
 from .amg_grid import build_all_layer_point_grids, generate_crop_boxes
 from .label_image import clean_local_mask, paint_label_image
 from .settings import DEFAULTS, AutoSettings, check_amg_values
+from .nms import box_nms
 from .mask_data import (
     MaskRecords,
     batched_mask_to_box,
@@ -60,9 +61,7 @@ _UPSCALE_CHUNK = 16
 
 
 def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    from torchvision.ops import batched_nms  # lazy: keep torchvision out of GUI import paths
-
-    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), dtype=torch.int64), iou_threshold)
+    return box_nms(boxes.float(), scores.float(), iou_threshold)
 
 
 class SamAutomaticMaskGenerator:

@@ -10,6 +10,7 @@ explicitly; nothing is stored on the model.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ DEVICE_ENV = "NAPARI_SAM_DEVICE"
 PRECISION_ENV = "NAPARI_SAM_PRECISION"
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_ENV = "NAPARI_SAM_COMPILE"
+
+# Set by the napari widgets (see block_compile): compiling is then refused unless the compiler was
+# imported before the viewer existed.
+_compile_blocked: str | None = None
 
 
 def _mps_available() -> bool:
@@ -140,13 +145,27 @@ def compile_requested(flag: bool | None) -> bool:
     return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def block_compile(reason: str) -> None:
+    """Refuse :func:`compile_module` from now on in this process, unless ``torch._dynamo`` is already imported.
+
+    napari's widgets call this: importing the compiler after napari created its OpenGL context can kill
+    the process (triton's LLVM against the GL driver's), while an import made before the viewer is safe.
+    """
+    global _compile_blocked
+    _compile_blocked = reason
+
+
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile(module)`` with static shapes; compilation itself happens on the first call.
 
-    ``torch._dynamo`` is imported here, lazily: importing it after a napari
-    OpenGL context exists can crash (see docs/environment notes), so nothing
-    imports it unless compiling was asked for.
+    ``torch._dynamo`` is imported here, lazily, so nothing imports it unless compiling was asked for.
+    Raises :class:`DeviceError` after :func:`block_compile` when the compiler is not imported yet.
     """
+    if _compile_blocked is not None and "torch._dynamo" not in sys.modules:
+        raise DeviceError(
+            f"torch.compile is off here: {_compile_blocked}. To compile inside napari, start it with the "
+            'compiler imported first: python -c "import torch._dynamo, napari; napari.run()"'
+        )
     import torch._dynamo  # noqa: F401
 
     return torch.compile(module, dynamic=False)
