@@ -81,6 +81,7 @@ class SamController:
         self.last_predict_seconds: float | None = None
         self._pred_key: tuple[int, ...] | None = None
         self._preview_key: tuple[int, ...] | None = None
+        self._preview_box: tuple[slice, slice] | None = None  # bounding box of the shown preview
         self._history = CommitHistory()
         self._edit: LabelEdit | None = None  # the committed object being corrected
         self._lock = threading.Lock()  # guards the Segmenter; public as busy()
@@ -282,7 +283,7 @@ class SamController:
             layer = getattr(self, attr)
             setattr(self, attr, None)
             own_layers.remove_layers(self._viewer_ref(), [layer])
-        self._preview_key = None
+        self._preview_key = self._preview_box = None
 
     def add_point(self, rowcol, positive: bool = True) -> None:
         """Add a click at (row, col) of the displayed slice (image data frame); the preview updates."""
@@ -333,7 +334,7 @@ class SamController:
             self.boxes_layer = None
         elif layer is self.preview_layer:
             self.preview_layer = None
-            self._preview_key = None
+            self._preview_key = self._preview_box = None
 
     # ---- preview ---------------------------------------------------------------------------------
     def _show(self, key: tuple[int, ...] | None, mask: np.ndarray | None) -> None:
@@ -343,8 +344,10 @@ class SamController:
             self.preview_layer = own_layers.add_preview_layer(
                 self.viewer, self.image_layer, self.points_layer, self._bind_keys
             )
-            self._preview_key = None
-        labels_io.show_preview(self.preview_layer, key or (), mask, clear_key=self._preview_key)
+            self._preview_key = self._preview_box = None
+        self._preview_box = labels_io.show_preview(
+            self.preview_layer, key or (), mask, clear_key=self._preview_key, clear_box=self._preview_box
+        )
         self._preview_key = key if mask is not None else None
         self.events.preview()
 
