@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--slice", type=int, default=None, help="slice index along the first axis of a stack")
     p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 

@@ -58,7 +58,7 @@ class SamWidget(Container):
             self._model.value = _default_model()
         self._model_file = FileEdit(label="model file", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
         self._device = ComboBox(label="device", choices=self._device_choices)
-        self._precision = ComboBox(label="precision", choices=[AUTO, "fp32", "bf16", "fp16"], value=AUTO)
+        self._precision = ComboBox(label="precision", choices=[AUTO, "fp32", "bf16", "fp16", "int8"], value=AUTO)
         self._load = PushButton(text="Load model")
         self._target = ComboBox(label="labels", choices=self._target_choices)
         self._overwrite = CheckBox(text="overwrite existing labels", value=False)

@@ -51,7 +51,8 @@ class SamPredictor:
         """Args:
             sam_model: the model (its device is used).
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder and the mask
-                decoder's products with the image tokens (:attr:`decoder_dtype`); ``None`` means
+                decoder's products with the image tokens (:attr:`decoder_dtype`), or ``"int8"``
+                (CPU only: the encoder's linear layers in dynamic int8, the decoder fp32); ``None`` means
                 ``sam_model.precision`` if set, else ``NAPARI_SAM_PRECISION``, else the device's
                 default (:func:`napari_sam.engine.models.device.default_precision`). Unsupported choices
                 fall back with a warning.
@@ -65,6 +66,7 @@ class SamPredictor:
         )
         self.compile = compile_requested(compile)
         self._compiled_encoder = None
+        self._int8_encoder: torch.nn.Module | None = None
         if self.device.type == "cpu":
             tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/prediction/allocator.py)
         self.reset_image()
@@ -136,11 +138,21 @@ class SamPredictor:
         dtype = autocast_dtype(self.precision)
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), ctx:
+            if self.precision == "int8":
+                return self._int8_image_encoder()(x).float()
             if self.compile:
                 out = self._run_compiled(x)
                 if out is not None:
                     return out.float()
             return self.model.image_encoder(x).float()
+
+    def _int8_image_encoder(self) -> torch.nn.Module:
+        """A copy of the image encoder with int8 linear layers, made on first use (:mod:`..models.int8`)."""
+        if self._int8_encoder is None:
+            from ..models.int8 import quantize_encoder
+
+            self._int8_encoder = quantize_encoder(self.model.image_encoder)
+        return self._int8_encoder
 
     def _run_compiled(self, x: torch.Tensor) -> torch.Tensor | None:
         """The compiled encoder's output, or ``None`` (after one warning) if compiling fails."""
