@@ -145,6 +145,8 @@ class SamController:
         self.events.model_changed()
         if self.image_layer is not None:
             self._bind_image()
+            if self._jobs.pending and not self.needs_embedding():  # a click waited for the model
+                self.update_preview()
 
     def _require_segmenter(self):
         if self.segmenter is None:
@@ -369,6 +371,9 @@ class SamController:
         self.candidate = 0
         if self.image_layer is None or self.segmenter is None:
             self._show(None, None)
+            if self.image_layer is not None and self._has_prompts():
+                self._jobs.pending = True  # answered once the model is loaded and the image embedded
+                self._status("Loading the model; the preview follows when the image is embedded.")
             return None
         try:
             if tuple(self.segmenter.spatial_shape) != tuple(layer_data.labels_shape(self.image_layer)[-2:]):
@@ -403,6 +408,12 @@ class SamController:
         self._pred_key = key
         self._show(key, self.current_mask())
         return self.current_mask()
+
+    def _has_prompts(self) -> bool:
+        try:
+            return not self.prompts().empty
+        except NapariSamError:
+            return False
 
     def next_candidate(self) -> int:
         """Show the next of the candidate masks (ambiguous single prompts give three); returns its index."""

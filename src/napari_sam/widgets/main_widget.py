@@ -7,7 +7,8 @@ loading never run on the GUI thread (unless ``NAPARI_SAM_SYNC=1``); decoder
 predictions for clicks do (milliseconds; see ``benchmarks/bench_click.py``).
 
 Nothing here imports torchvision or ``torch._dynamo`` (importing them after the
-OpenGL canvas exists crashes under Mesa).
+OpenGL canvas exists crashes under Mesa), and opening the widget does not import torch
+at all: the model loads in a worker (``load_model``), which imports torch there.
 """
 
 from __future__ import annotations
@@ -169,9 +170,15 @@ class SamWidget(Container):
 
     @staticmethod
     def _device_choices(_w=None):
+        """'auto' (the best device), then the devices found once torch is loaded (in the model
+        worker: importing torch here would hold the dock widget up for seconds)."""
+        import sys
+
+        if "torch" not in sys.modules:
+            return [AUTO]
         from ..engine.models.device import available_devices
 
-        return available_devices()
+        return [AUTO, *available_devices()]
 
     def _reset_choices(self, event=None) -> None:
         current = self._image.value
@@ -273,7 +280,7 @@ class SamWidget(Container):
             source, label = path, str(path)
         else:
             source, label = name, name
-        device = self._device.value
+        device = None if self._device.value == AUTO else self._device.value
         precision = None if self._precision.value == AUTO else self._precision.value
         if self._model_job is not None and self._model_job.running:
             self._model_job.cancel()
@@ -286,6 +293,7 @@ class SamWidget(Container):
 
         def done(model):
             self._model_job = None
+            self._device.reset_choices()  # torch is loaded now: list the devices
             self.controller.set_model(model, name=label, precision=precision)
             self._report(f"model {label} loaded")
 
