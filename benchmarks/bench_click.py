@@ -120,6 +120,9 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
     viewer.add_image(img, name="cells")
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
     ctl = widget.controller
+    app = QApplication.instance()
+    while ctl.image_layer is None:  # the widget picks the image once it is shown
+        app.processEvents()
     t0 = time.perf_counter()
     widget.set_model(model, name=name, precision=precision)
     app = QApplication.instance()

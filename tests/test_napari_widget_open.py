@@ -33,9 +33,10 @@ OPEN_SCRIPT = textwrap.dedent(
     open_empty = time.perf_counter() - t0
     torch_after_open = "torch" in sys.modules
     import numpy as np
-    viewer.add_image(np.zeros((64, 64), np.uint16), name="img")   # picks the image, starts the model load
-    t0 = time.perf_counter()
-    _, w2 = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
+    viewer2 = napari.Viewer(show=False)
+    viewer2.add_image(np.zeros((64, 64), np.uint16), name="img")
+    t0 = time.perf_counter()  # the widget picks the image and starts loading the model in a worker
+    _, w2 = viewer2.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
     open_with_image = time.perf_counter() - t0
     print(json.dumps(dict(import_napari=import_napari, open_empty=open_empty, open_with_image=open_with_image,
                           torch_after_open=torch_after_open)), flush=True)
@@ -45,6 +46,7 @@ OPEN_SCRIPT = textwrap.dedent(
         QApplication.processEvents()
         time.sleep(0.02)
     viewer.close()
+    viewer2.close()
     """
 )
 
@@ -96,6 +98,7 @@ def test_click_during_embedding_in_worker_is_answered(viewer_and_widget, qtbot, 
     monkeypatch.delenv("NAPARI_SAM_SYNC", raising=False)
     viewer, widget, img, truth = viewer_and_widget
     ctl = widget.controller
+    qtbot.waitUntil(lambda: ctl.image_layer is not None, timeout=10000)  # picked once the widget is shown
     widget.set_model(tiny_model, name="tiny-random", precision="fp32")  # the embedding runs in a worker
     point = _a_cell_pixel(truth)
     ctl.add_point(point)
@@ -110,6 +113,7 @@ def test_click_then_immediate_layer_deletion(viewer_and_widget, qtbot, monkeypat
     monkeypatch.delenv("NAPARI_SAM_SYNC", raising=False)
     viewer, widget, img, truth = viewer_and_widget
     ctl = widget.controller
+    qtbot.waitUntil(lambda: ctl.image_layer is not None, timeout=10000)
     widget.set_model(tiny_model, name="tiny-random", precision="fp32")
     ctl.add_point(_a_cell_pixel(truth))
     viewer.layers.remove(ctl.points_layer if remove == "points" else viewer.layers["cells"])

@@ -13,6 +13,7 @@ at all: the model loads in a worker (``load_model``), which imports torch there.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
@@ -21,7 +22,7 @@ from ..adapters import get_controller
 from ..adapters.keys import KEYS
 from ..adapters.layer_data import ROLE_KEY, unwrap
 from ..errors import NapariSamError
-from .workers import Job, start_function_job, start_generator_job
+from .workers import Job, start_function_job, start_generator_job, sync_mode
 
 FROM_FILE = "from file..."
 AUTO = "auto"
@@ -130,7 +131,12 @@ class SamWidget(Container):
         self._timing.native.setWordWrap(True)
         if self.controller.segmenter is not None:
             self._update_model_label()
-        self._pick_first_image()
+        if sync_mode():
+            self._pick_first_image()
+        else:  # after the widget is shown: napari's first Shapes layer (the box prompts) takes ~1 s
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._pick_first_image_if_open)
 
     def _disconnect(self, *_args) -> None:
         """The dock widget is gone: stop listening to the (longer-lived) controller and viewer."""
@@ -187,6 +193,12 @@ class SamWidget(Container):
         if current is None and self.controller.image_layer is None:
             self._pick_first_image()
 
+    def _pick_first_image_if_open(self) -> None:
+        try:
+            self._pick_first_image()
+        except RuntimeError:  # the widget was closed before the event loop ran
+            pass
+
     def _pick_first_image(self) -> None:
         choices = self._image_choices()
         if self.controller.image_layer is not None and any(c[1] is self.controller.image_layer for c in choices):
@@ -238,7 +250,7 @@ class SamWidget(Container):
             return
         if layer is not None and self.controller.segmenter is None and self._model_job is None:
             if _default_model() is not None:
-                self.load_model()
+                self._load_soon()
             else:
                 self._report("Pick a model and press 'Load model' (zoo models are downloaded on first use).")
 
@@ -264,6 +276,23 @@ class SamWidget(Container):
     # ---- model -----------------------------------------------------------------------------------
     def _on_model_choice(self, value) -> None:
         self._model_file.visible = value == FROM_FILE
+
+    def _load_soon(self) -> None:
+        """Load the chosen model once the event loop runs again (inline with ``NAPARI_SAM_SYNC=1``).
+
+        The worker imports torch, whose shared libraries load while holding the interpreter
+        lock; starting it from the event loop lets the dock widget appear first.
+        """
+        if sync_mode():
+            self.load_model()
+            return
+        from qtpy.QtCore import QTimer
+
+        def start():
+            if self.controller.segmenter is None and self._model_job is None and self.controller.image_layer is not None:
+                self.load_model()
+
+        QTimer.singleShot(0, start)
 
     def set_model(self, model: Any, name: str = "custom", precision: str | None = None) -> None:
         """Use an already built model (tests, scripts); triggers embedding of the displayed slice."""
@@ -325,17 +354,20 @@ class SamWidget(Container):
 
         def done(result):
             self._embed_job = None
-            self._cancel.enabled = False
-            ctl.embedding_finished(result)
-            self._update_model_label()
+            ctl.embedding_finished(result)  # the controller outlives the dock widget: answer queued clicks
+            with contextlib.suppress(RuntimeError):  # the dock widget may be closed by now
+                self._cancel.enabled = False
+                self._update_model_label()
 
         def failed(exc):
             self._embed_job = None
-            self._cancel.enabled = False
-            self._report(f"Embedding failed: {exc}", "error")
+            with contextlib.suppress(RuntimeError):
+                self._cancel.enabled = False
+                self._report(f"Embedding failed: {exc}", "error")
 
         def finish():
-            self._cancel.enabled = False
+            with contextlib.suppress(RuntimeError):
+                self._cancel.enabled = False
 
         job = start_generator_job(lambda: make, description="napari-sam: embedding", on_return=done,
                                   on_error=failed, on_finish=finish)
