@@ -342,13 +342,16 @@ class SamController:
     def _show(self, key: tuple[int, ...] | None, mask: np.ndarray | None) -> None:
         if mask is None and (self.preview_layer is None or self._preview_key is None):
             return  # nothing is shown: nothing to clear
-        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+        new_layer = self.preview_layer is None or self.preview_layer not in self.viewer.layers
+        if new_layer:
             self.preview_layer = own_layers.add_preview_layer(
                 self.viewer, self.image_layer, self.points_layer, self._bind_keys
             )
             self._preview_key = self._preview_box = None
+        # _preview_key None: the preview was cleared by this controller (or is new): all zero
         self._preview_box = labels_io.show_preview(
-            self.preview_layer, key or (), mask, clear_key=self._preview_key, clear_box=self._preview_box
+            self.preview_layer, key or (), mask, clear_key=self._preview_key, clear_box=self._preview_box,
+            blank=self._preview_key is None and not new_layer,
         )
         self._preview_key = key if mask is not None else None
         self.events.preview()

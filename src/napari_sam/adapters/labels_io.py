@@ -125,22 +125,27 @@ def show_preview(
     clear_key: tuple[int, ...] | None = None,
     value: int = 1,
     clear_box: tuple[slice, slice] | None = None,
+    blank: bool = False,
 ) -> tuple[slice, slice] | None:
     """Show ``mask`` (H, W) bool on slice ``key`` of the preview layer; returns the mask's bounding box.
 
     The slice ``clear_key`` (where the previous preview was shown; default: all) is cleared
     first: only its region ``clear_box`` when given (the box this function returned for that
-    preview), the whole slice otherwise. When only boxes change on the displayed slice, only
-    that region of the canvas is redrawn.
+    preview), the whole slice otherwise. ``blank``: the layer is known to be all zero (nothing
+    to clear). When only boxes change on the displayed slice, only that region of the canvas
+    is redrawn.
     """
     data = layer.data
-    if clear_key is None:
+    if blank:
+        clear_key, clear_box = key, (slice(0, 0), slice(0, 0))
+    elif clear_key is None:
         data[...] = 0
         clear_box = None
     else:
         old_plane = data[clear_key] if clear_key else data
         if clear_box is not None:
-            old_plane[clear_box] = 0
+            if not blank:
+                old_plane[clear_box] = 0
         else:
             old_plane[...] = 0
     box = None
@@ -155,7 +160,7 @@ def show_preview(
 
 
 def _union(a: tuple[slice, slice] | None, b: tuple[slice, slice] | None) -> tuple[slice, slice] | None:
-    if a is None or b is None:
+    if a is None or b is None or a[0].stop <= a[0].start:
         return a if b is None else b
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
@@ -169,7 +174,7 @@ def _redraw_region(layer: Any, key: tuple[int, ...], box: tuple[slice, slice] | 
     (another napari version, a 3D view, transposed axes, a slice not displayed) returns False
     and the caller refreshes the whole layer instead.
     """
-    if box is None:
+    if box is None or box[0].stop <= box[0].start or box[1].stop <= box[1].start:
         return True  # nothing was shown and nothing is: nothing to redraw
     try:
         sl, slice_input = layer._slice, layer._slice_input
