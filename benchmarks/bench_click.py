@@ -13,6 +13,17 @@ same embedding for comparison.
 Models: vit_b (random, perturbed weights; 1024 px input) and the 'tiny' architecture
 (bundled weights if present, else random). Image: 1024 x 1024 uint16.
 
+The reference's bare ``SamPredictor.predict`` (Meta's ``segment_anything``, no napari,
+no viewer) for one click on a 1024 x 1024 image is timed in the same run, click for
+click interleaved with ours, so both see the same machine load; the output gives
+``click_over_reference_predict`` (our whole napari click / their bare predict).
+vit_b is compared with Meta's vit_b (same weights, its features set directly);
+``tiny`` with the bare predict of MobileSAM, the reference small SAM for clicking:
+MobileSAM's predictor, prompt encoder and mask decoder are Meta's code on the same
+64 x 64 x 256 embedding, so Meta's predictor stands in for it (``mobile_sam`` itself
+needs ``timm``).
+The CPU's instruction set (torch's capability and the AVX-512 / bf16 / AMX flags) is printed first.
+
     xvfb-run -a .venv/bin/python benchmarks/bench_click.py [--models vit_b tiny] [--clicks 20] [--precision bf16]
 """
 
@@ -46,6 +57,52 @@ def _model(name):
     return _perturbed(build_sam(name)), f"{name} (random perturbed weights)"
 
 
+def cpu_instruction_set() -> dict:
+    """torch's CPU capability and the vector/matrix flags of /proc/cpuinfo that matter for SAM."""
+    import torch
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "flags": [f for f in wanted if f in flags],
+        "no": [f for f in wanted if f not in flags],
+        "cores": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def reference_predictor(name: str, ours):
+    """Meta's ``SamPredictor`` with its features set directly (no encoder run).
+
+    vit_b: Meta's vit_b with our weights. tiny: the same predictor with random weights: a
+    bare ``predict`` costs the same for any weights, and it is exactly what MobileSAM's
+    ``predict`` runs (MobileSAM copies Meta's predictor, prompt encoder and mask decoder
+    and keeps the 64 x 64 x 256 embedding; only its encoder differs, and predict does
+    not run the encoder), the reference small SAM for clicking.
+    """
+    import segment_anything
+
+    ref = segment_anything.sam_model_registry["vit_b"]()
+    if name == "vit_b":
+        ref.load_state_dict(ours.state_dict())
+    ref.eval()
+    rp = segment_anything.SamPredictor(ref)
+    g = __import__("torch").Generator().manual_seed(0)
+    rp.features = 0.5 * __import__("torch").randn(1, 256, 64, 64, generator=g)
+    rp.original_size, rp.input_size, rp.is_image_set = (1024, 1024), (1024, 1024), True
+    label = "segment_anything vit_b" if name == "vit_b" else "segment_anything predict (= MobileSAM vit_t predict)"
+    return rp, label
+
+
 def bench(name: str, clicks: int, size: int, precision: str | None = None) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -55,6 +112,7 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
     import napari_sam.widgets.main_widget as main_widget
 
     model, label = _model(name)
+    ref_pred, ref_label = reference_predictor(name, model)
     # the widget would also load the default model by itself when opened; the benchmark injects its own
     main_widget._default_model = lambda: None
     viewer = napari.Viewer(show=False)
@@ -62,6 +120,9 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
     viewer.add_image(img, name="cells")
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
     ctl = widget.controller
+    app = QApplication.instance()
+    while ctl.image_layer is None:  # the widget picks the image once it is shown
+        app.processEvents()
     t0 = time.perf_counter()
     widget.set_model(model, name=name, precision=precision)
     app = QApplication.instance()
@@ -80,7 +141,7 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
     ctl.points_layer.events.data.connect(on_data, position="first")
     rng = np.random.default_rng(0)
     rows, cols = np.nonzero(truth)
-    latencies, from_event, decoder = [], [], []
+    latencies, from_event, decoder, reference = [], [], [], []
     pts = ctl.points_layer
     for i in range(clicks + 2):
         ctl.clear()
@@ -93,9 +154,12 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
         latencies.append(end - t)
         from_event.append(end - done.get("event", t))
         t = time.perf_counter()
-        ctl.segmenter.predict(points=[(rows[j], cols[j])], multimask=True)
+        ctl.segmenter.predict(points=[(rows[j], cols[j])], multimask=True, lazy=True).best_mask
         decoder.append(time.perf_counter() - t)
-    latencies, from_event, decoder = latencies[2:], from_event[2:], decoder[2:]  # warm-up
+        t = time.perf_counter()
+        ref_pred.predict(np.array([[cols[j], rows[j]]], float) * 1024 / size, np.array([1]), multimask_output=True)
+        reference.append(time.perf_counter() - t)
+    latencies, from_event, decoder, reference = latencies[2:], from_event[2:], decoder[2:], reference[2:]  # warm-up
     viewer.close()
     ms = lambda v: round(1000 * v, 1)  # noqa: E731
     return {
@@ -110,6 +174,13 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
         "click_to_preview_ms_median": ms(statistics.median(latencies)),
         "click_to_preview_ms_p90": ms(float(np.percentile(latencies, 90))),
         "decoder_only_ms_median": ms(statistics.median(decoder)),
+        "reference": ref_label,
+        "reference_bare_predict_ms_median": ms(statistics.median(reference)),
+        "reference_bare_predict_ms_range": [ms(min(reference)), ms(max(reference))],
+        "click_to_preview_ms_range": [ms(min(latencies)), ms(max(latencies))],
+        "click_over_reference_predict": round(statistics.median(latencies) / statistics.median(reference), 3),
+        "click_over_reference_predict_per_click_median": round(
+            statistics.median([a / b for a, b in zip(latencies, reference)]), 3),
         "napari_sam_overhead_ms_median": ms(statistics.median(from_event) - statistics.median(decoder)),
         "clicks": clicks,
     }
@@ -123,8 +194,10 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="fp32 / bf16 / fp16 (default: the engine's default)")
     args = ap.parse_args()
     import torch
+    import torchvision  # noqa: F401  (the references import it: before any OpenGL context exists)
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    print(json.dumps({"cpu": cpu_instruction_set()}), flush=True)
     for name in args.models:
         print(json.dumps(bench(name, args.clicks, args.size, args.precision)), flush=True)
 

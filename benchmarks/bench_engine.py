@@ -297,6 +297,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="only measure torch.compile of the encoder (opt-in)")
     ap.add_argument("--only-decoder", action="store_true", help="only clicks and boxes, on a random embedding")
     ap.add_argument("--only-leak", action="store_true", help="only the leak check (--leak N images, default 100)")
+    ap.add_argument("--int8", action="store_true",
+                    help="only the encoder: reference fp32, ours fp32 and ours int8, interleaved, with int8's "
+                         "mask agreement to fp32 on the parity prompts")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
@@ -310,6 +313,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": args.threads, "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "cpu_flags": cpu_flags(),
                     "loadavg_start": os.getloadavg()},
     }
     res["matmul_peak_gflops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -317,6 +321,9 @@ def main() -> None:
           f"bf16 {res['matmul_peak_gflops']['bf16']:.0f}", flush=True)
 
     ref, ours = build_pair(args.model)
+    if args.int8:
+        res["int8"] = int8_check(ref, ours, test_image(), args.repeats)
+        return _report(res, args.json)
     if args.compile or args.only_leak:
         if args.compile:
             res["compile"] = compile_check(ours, test_image(), args.repeats)
@@ -449,6 +456,45 @@ def main() -> None:
         res["leak"] = leak_check(ours, args.leak)
         print("leak check:", res["leak"], flush=True)
     _report(res, args.json)
+
+
+def cpu_flags() -> list[str]:
+    """The vector / matrix extensions of /proc/cpuinfo that decide SAM's CPU speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return [f for f in wanted if f in flags]
+
+
+def int8_check(ref, ours, image, repeats: int) -> dict:
+    """Encoder wall times (reference fp32, ours fp32, ours int8; interleaved, ``repeats`` rounds)
+    and the int8 masks' agreement with ours fp32 over the parity prompts."""
+    from napari_sam.engine.prediction.predictor import SamPredictor
+
+    rp = make_predictors(ref, ours, "fp32")[0]
+    p32, p8 = SamPredictor(ours, precision="fp32"), SamPredictor(ours, precision="int8")
+    p8.set_image(image[:64, :64])  # builds the int8 copy of the encoder, warms the kernels
+    p32.set_image(image[:64, :64])
+    t = {"ref_fp32": [], "ours_fp32": [], "ours_int8": []}
+    for _ in range(repeats):
+        t["ref_fp32"].append(_timed(lambda: ref_set_image(rp, image, "fp32"))[0])
+        t["ours_fp32"].append(_timed(lambda: p32.set_image(image))[0])
+        t["ours_int8"].append(_timed(lambda: p8.set_image(image))[0])
+        print({k: round(v[-1], 2) for k, v in t.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    out = {f"{k}_s": {"median": med[k], "min": min(v), "max": max(v)} for k, v in t.items()}
+    out["int8_speedup_vs_ref_fp32_median"] = med["ref_fp32"] / med["ours_int8"]
+    out["int8_speedup_vs_ref_fp32_per_round"] = [r / q for r, q in zip(t["ref_fp32"], t["ours_int8"])]
+    out["fp32_speedup_vs_ref_fp32_median"] = med["ref_fp32"] / med["ours_fp32"]
+    out["int8_speedup_vs_ours_fp32_median"] = med["ours_fp32"] / med["ours_int8"]
+    out["agreement_int8_vs_fp32"] = mask_agreement(p32, p8)
+    e32, e8 = p32.get_image_embedding(), p8.get_image_embedding()
+    out["embedding_rel_error"] = float((e8 - e32).norm() / e32.norm())
+    print("int8:", out, flush=True)
+    return out
 
 
 def _report(res: dict, path: str | None) -> None:

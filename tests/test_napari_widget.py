@@ -443,8 +443,9 @@ def test_real_worker_embeds_and_image_removal_while_embedding(make_napari_viewer
     img, _ = synthetic_cells((96, 96), n_cells=3)
     viewer.add_image(img, name="cells")
     widget = open_widget(viewer)
-    widget.set_model(gui_model)
     ctl = widget.controller
+    qtbot.waitUntil(lambda: ctl.image_layer is not None, timeout=10000)  # picked once the widget is shown
+    widget.set_model(gui_model)
     qtbot.waitUntil(lambda: not widget.busy and ctl.segmenter.has_embedding(None), timeout=30000)
     ctl.add_point((40, 40))
     assert ctl.prediction is not None

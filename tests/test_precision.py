@@ -43,8 +43,8 @@ def test_fp32_aliases(alias, expected):
 
 
 def test_unknown_precision_names_the_choices():
-    with pytest.raises(DeviceError, match="Unknown precision 'int8'.*fp32"):
-        resolve_precision("int8", CPU)
+    with pytest.raises(DeviceError, match="Unknown precision 'int4'.*fp32"):
+        resolve_precision("int4", CPU)
 
 
 def test_env_var_sets_precision(monkeypatch):

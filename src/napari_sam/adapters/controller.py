@@ -81,6 +81,7 @@ class SamController:
         self.last_predict_seconds: float | None = None
         self._pred_key: tuple[int, ...] | None = None
         self._preview_key: tuple[int, ...] | None = None
+        self._preview_box: tuple[slice, slice] | None = None  # bounding box of the shown preview
         self._history = CommitHistory()
         self._edit: LabelEdit | None = None  # the committed object being corrected
         self._lock = threading.Lock()  # guards the Segmenter; public as busy()
@@ -144,6 +145,8 @@ class SamController:
         self.events.model_changed()
         if self.image_layer is not None:
             self._bind_image()
+            if self._jobs.pending and not self.needs_embedding():  # a click waited for the model
+                self.update_preview()
 
     def _require_segmenter(self):
         if self.segmenter is None:
@@ -282,7 +285,7 @@ class SamController:
             layer = getattr(self, attr)
             setattr(self, attr, None)
             own_layers.remove_layers(self._viewer_ref(), [layer])
-        self._preview_key = None
+        self._preview_key = self._preview_box = None
 
     def add_point(self, rowcol, positive: bool = True) -> None:
         """Add a click at (row, col) of the displayed slice (image data frame); the preview updates."""
@@ -333,18 +336,23 @@ class SamController:
             self.boxes_layer = None
         elif layer is self.preview_layer:
             self.preview_layer = None
-            self._preview_key = None
+            self._preview_key = self._preview_box = None
 
     # ---- preview ---------------------------------------------------------------------------------
     def _show(self, key: tuple[int, ...] | None, mask: np.ndarray | None) -> None:
         if mask is None and (self.preview_layer is None or self._preview_key is None):
             return  # nothing is shown: nothing to clear
-        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+        new_layer = self.preview_layer is None or self.preview_layer not in self.viewer.layers
+        if new_layer:
             self.preview_layer = own_layers.add_preview_layer(
                 self.viewer, self.image_layer, self.points_layer, self._bind_keys
             )
-            self._preview_key = None
-        labels_io.show_preview(self.preview_layer, key or (), mask, clear_key=self._preview_key)
+            self._preview_key = self._preview_box = None
+        # _preview_key None: the preview was cleared by this controller (or is new): all zero
+        self._preview_box = labels_io.show_preview(
+            self.preview_layer, key or (), mask, clear_key=self._preview_key, clear_box=self._preview_box,
+            blank=self._preview_key is None and not new_layer,
+        )
         self._preview_key = key if mask is not None else None
         self.events.preview()
 
@@ -366,6 +374,9 @@ class SamController:
         self.candidate = 0
         if self.image_layer is None or self.segmenter is None:
             self._show(None, None)
+            if self.image_layer is not None and self._has_prompts():
+                self._jobs.pending = True  # answered once the model is loaded and the image embedded
+                self._status("Loading the model; the preview follows when the image is embedded.")
             return None
         try:
             if tuple(self.segmenter.spatial_shape) != tuple(layer_data.labels_shape(self.image_layer)[-2:]):
@@ -400,6 +411,12 @@ class SamController:
         self._pred_key = key
         self._show(key, self.current_mask())
         return self.current_mask()
+
+    def _has_prompts(self) -> bool:
+        try:
+            return not self.prompts().empty
+        except NapariSamError:
+            return False
 
     def next_candidate(self) -> int:
         """Show the next of the candidate masks (ambiguous single prompts give three); returns its index."""

@@ -81,5 +81,6 @@ def predict_prompts(segmenter: Any, prompts: Any, key: tuple[int, ...], edit: La
         box=prompts.box,
         slice_index=key or None,
         multimask=n_prompts == 1 and edit is None,
+        lazy=True,
         **extra,
     )

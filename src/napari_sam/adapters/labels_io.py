@@ -128,20 +128,79 @@ def apply_diff(layer: Any, diff: LabelDiff, undo: bool = False) -> None:
 
 
 def show_preview(
-    layer: Any, key: tuple[int, ...], mask: np.ndarray | None, clear_key: tuple[int, ...] | None = None, value: int = 1
-) -> None:
-    """Show ``mask`` (H, W) bool on slice ``key`` of the preview layer.
+    layer: Any,
+    key: tuple[int, ...],
+    mask: np.ndarray | None,
+    clear_key: tuple[int, ...] | None = None,
+    value: int = 1,
+    clear_box: tuple[slice, slice] | None = None,
+    blank: bool = False,
+) -> tuple[slice, slice] | None:
+    """Show ``mask`` (H, W) bool on slice ``key`` of the preview layer; returns the mask's bounding box.
 
-    The slice ``clear_key`` (where the previous preview was shown; default: all) is cleared first.
+    The slice ``clear_key`` (where the previous preview was shown; default: all) is cleared
+    first: only its region ``clear_box`` when given (the box this function returned for that
+    preview), the whole slice otherwise. ``blank``: the layer is known to be all zero (nothing
+    to clear). When only boxes change on the displayed slice, only that region of the canvas
+    is redrawn.
     """
     data = layer.data
-    if clear_key is None:
+    if blank:
+        clear_key, clear_box = key, (slice(0, 0), slice(0, 0))
+    elif clear_key is None:
         data[...] = 0
-    elif clear_key:
-        data[clear_key] = 0
+        clear_box = None
     else:
-        data[...] = 0
+        old_plane = data[clear_key] if clear_key else data
+        if clear_box is not None:
+            if not blank:
+                old_plane[clear_box] = 0
+        else:
+            old_plane[...] = 0
+    box = None
     if mask is not None:
         plane = data[key] if key else data
-        plane[mask] = value
-    layer.refresh()
+        box = _bbox(mask)
+        if box is not None:
+            plane[box][mask[box]] = value
+    if clear_box is None or clear_key != key or not _redraw_region(layer, key, _union(clear_box, box)):
+        layer.refresh()
+    return box
+
+
+def _union(a: tuple[slice, slice] | None, b: tuple[slice, slice] | None) -> tuple[slice, slice] | None:
+    if a is None or b is None or a[0].stop <= a[0].start:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _redraw_region(layer: Any, key: tuple[int, ...], box: tuple[slice, slice] | None) -> bool:
+    """Redraw only ``box`` of slice ``key`` of a Labels layer; False when that is not possible here.
+
+    This is what napari's own painting does (``Labels.data_setitem``): recolour the region of
+    the displayed slice and send it as a partial texture update, instead of re-slicing and
+    re-uploading the whole layer. It relies on napari internals, so anything unexpected
+    (another napari version, a 3D view, transposed axes, a slice not displayed) returns False
+    and the caller refreshes the whole layer instead.
+    """
+    if box is None or box[0].stop <= box[0].start or box[1].stop <= box[1].start:
+        return True  # nothing was shown and nothing is: nothing to redraw
+    try:
+        sl, slice_input = layer._slice, layer._slice_input
+        plane = layer.data[key] if key else layer.data
+        raw, view = sl.image.raw, sl.image.view
+        if (
+            not layer.loaded
+            or slice_input.ndisplay != 2
+            or tuple(slice_input.order) != tuple(range(layer.ndim))
+            or layer.contour != 0
+            or raw.shape != plane.shape
+            or view.shape[:2] != plane.shape
+            or not np.may_share_memory(raw, plane)
+        ):
+            return False
+        view[box] = layer.colormap._data_to_texture(raw[box])
+        layer.events.labels_update(data=view[box], offset=[box[0].start, box[1].start])
+        return True
+    except Exception:  # noqa: BLE001  (napari internals differ: fall back to a full refresh)
+        return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.transforms import get_preprocess_shape
 
 MASK_LOGIT = 8.0
 
@@ -22,6 +21,8 @@ def mask_to_logits(
     from skimage.transform import resize
 
     mask = np.asarray(mask, dtype=np.float32)
+    from ..model.transforms import get_preprocess_shape  # on use: napari_sam.model imports torch
+
     h, w = get_preprocess_shape(mask.shape[0], mask.shape[1], img_size)
     resized = resize(mask, (h, w), order=1, anti_aliasing=True, preserve_range=True)
     padded = np.zeros((img_size, img_size), np.float32)

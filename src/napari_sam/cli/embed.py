@@ -28,8 +28,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--halo", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
                    help="overlap context around each tile (default: one eighth of the tile)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device; "
+                        "int8: CPU only, faster, not exact)")
     p.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
                    help="the last axis holds colour channels (default: guessed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -45,8 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "3,5 for (T, Z, Y, X)")
     p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="compute precision (default: the device's default)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+                   help="compute precision (default: the device's default; int8: CPU only, faster, not exact)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     from .channel_options import add_channel_options
 

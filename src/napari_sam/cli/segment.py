@@ -29,8 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tile", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
                    help="segment large slices in tiles of ROWS x COLS pixels")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+                   help="encoder precision (default: $NAPARI_SAM_PRECISION, else the best for the device; "
+                        "int8: CPU only, faster, not exact)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run slices on a Dask cluster (e.g. tcp://host:8786); the output must be on shared storage")

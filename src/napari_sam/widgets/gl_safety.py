@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import sys
 
-from ..engine.models.device import block_compile
-
 REASON = "napari's OpenGL context exists, and loading the compiler now can crash napari"
 
 
@@ -28,4 +26,6 @@ def protect_process() -> None:
     """
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # type: ignore[assignment]  # 'import triton' now raises ImportError
+    from ..engine.models.device import block_compile  # imports torch: only when work starts, not at widget open
+
     block_compile(REASON)

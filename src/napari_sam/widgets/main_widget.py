@@ -7,11 +7,13 @@ loading never run on the GUI thread (unless ``NAPARI_SAM_SYNC=1``); decoder
 predictions for clicks do (milliseconds; see ``benchmarks/bench_click.py``).
 
 Nothing here loads triton (see :mod:`napari_sam.widgets.gl_safety`: loading it after the
-OpenGL canvas exists crashes under Mesa).
+OpenGL canvas exists crashes under Mesa), and opening the widget does not import torch
+at all: the model loads in a worker (``load_model``), which imports torch there.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
@@ -21,7 +23,7 @@ from ..adapters.keys import KEYS
 from ..adapters.layer_data import ROLE_KEY, unwrap
 from ..errors import NapariSamError
 from .model_picker import ModelPicker
-from .workers import Job, start_function_job, start_generator_job
+from .workers import Job, start_function_job, start_generator_job, sync_mode
 
 AUTO = "auto"
 NEW_LAYER = "new layer"
@@ -58,7 +60,7 @@ class SamWidget(Container):
         if _default_model() in self._model.choices:
             self._model.value = _default_model()
         self._device = ComboBox(label="device", choices=self._device_choices)
-        self._precision = ComboBox(label="precision", choices=[AUTO, "fp32", "bf16", "fp16"], value=AUTO)
+        self._precision = ComboBox(label="precision", choices=[AUTO, "fp32", "bf16", "fp16", "int8"], value=AUTO)
         self._load = PushButton(text="Load model")
         self._target = ComboBox(label="labels", choices=self._target_choices)
         self._overwrite = CheckBox(text="overwrite existing labels", value=False)
@@ -129,7 +131,12 @@ class SamWidget(Container):
         self._timing.native.setWordWrap(True)
         if self.controller.segmenter is not None:
             self._update_model_label()
-        self._pick_first_image()
+        if sync_mode():
+            self._pick_first_image()
+        else:  # after the widget is shown: napari's first Shapes layer (the box prompts) takes ~1 s
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._pick_first_image_if_open)
 
     def _disconnect(self, *_args) -> None:
         """The dock widget is gone: stop listening to the (longer-lived) controller and viewer."""
@@ -163,9 +170,15 @@ class SamWidget(Container):
 
     @staticmethod
     def _device_choices(_w=None):
+        """'auto' (the best device), then the devices found once torch is loaded (in the model
+        worker: importing torch here would hold the dock widget up for seconds)."""
+        import sys
+
+        if "torch" not in sys.modules:
+            return [AUTO]
         from ..engine.models.device import available_devices
 
-        return available_devices()
+        return [AUTO, *available_devices()]
 
     def _reset_choices(self, event=None) -> None:
         current = self._image.value
@@ -173,6 +186,12 @@ class SamWidget(Container):
         self._target.reset_choices()
         if current is None and self.controller.image_layer is None:
             self._pick_first_image()
+
+    def _pick_first_image_if_open(self) -> None:
+        try:
+            self._pick_first_image()
+        except RuntimeError:  # the widget was closed before the event loop ran
+            pass
 
     def _pick_first_image(self) -> None:
         choices = self._image_choices()
@@ -225,7 +244,7 @@ class SamWidget(Container):
             return
         if layer is not None and self.controller.segmenter is None and self._model_job is None:
             if _default_model() is not None:
-                self.load_model()
+                self._load_soon()
             else:
                 self._report("Pick a model and press 'Load model' (zoo models are downloaded on first use).")
 
@@ -249,6 +268,23 @@ class SamWidget(Container):
         layer.mode = "add_rectangle"
 
     # ---- model -----------------------------------------------------------------------------------
+    def _load_soon(self) -> None:
+        """Load the chosen model once the event loop runs again (inline with ``NAPARI_SAM_SYNC=1``).
+
+        The worker imports torch, whose shared libraries load while holding the interpreter
+        lock; starting it from the event loop lets the dock widget appear first.
+        """
+        if sync_mode():
+            self.load_model()
+            return
+        from qtpy.QtCore import QTimer
+
+        def start():
+            if self.controller.segmenter is None and self._model_job is None and self.controller.image_layer is not None:
+                self.load_model()
+
+        QTimer.singleShot(0, start)
+
     def set_model(self, model: Any, name: str = "custom", precision: str | None = None) -> None:
         """Use an already built model (tests, scripts); triggers embedding of the displayed slice."""
         self.controller.set_model(model, name=name, precision=precision)
@@ -260,7 +296,7 @@ class SamWidget(Container):
         except NapariSamError as e:
             self._report(str(e), "warning")
             return None
-        device = self._device.value
+        device = None if self._device.value == AUTO else self._device.value
         precision = None if self._precision.value == AUTO else self._precision.value
         if self._model_job is not None and self._model_job.running:
             self._model_job.cancel()
@@ -273,6 +309,7 @@ class SamWidget(Container):
 
         def done(model):
             self._model_job = None
+            self._device.reset_choices()  # torch is loaded now: list the devices
             self.controller.set_model(model, name=label, precision=precision)
             self._report(f"model {label} loaded")
 
@@ -304,17 +341,20 @@ class SamWidget(Container):
 
         def done(result):
             self._embed_job = None
-            self._cancel.enabled = False
-            ctl.embedding_finished(result)
-            self._update_model_label()
+            ctl.embedding_finished(result)  # the controller outlives the dock widget: answer queued clicks
+            with contextlib.suppress(RuntimeError):  # the dock widget may be closed by now
+                self._cancel.enabled = False
+                self._update_model_label()
 
         def failed(exc):
             self._embed_job = None
-            self._cancel.enabled = False
-            self._report(f"Embedding failed: {exc}", "error")
+            with contextlib.suppress(RuntimeError):
+                self._cancel.enabled = False
+                self._report(f"Embedding failed: {exc}", "error")
 
         def finish():
-            self._cancel.enabled = False
+            with contextlib.suppress(RuntimeError):
+                self._cancel.enabled = False
 
         job = start_generator_job(lambda: make, description="napari-sam: embedding", on_return=done,
                                   on_error=failed, on_finish=finish)

@@ -20,7 +20,7 @@ from ...errors import DeviceError
 
 DEVICE_ENV = "NAPARI_SAM_DEVICE"
 PRECISION_ENV = "NAPARI_SAM_PRECISION"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 COMPILE_ENV = "NAPARI_SAM_COMPILE"
 
 # Set by the napari widgets (see block_compile): compiling is then refused unless the compiler was
@@ -108,11 +108,18 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     bf16 (fp32 where the CPU has no native bf16); bf16 on a CPU without
     AVX512-BF16/AMX -> fp32 (it would be emulated, slower than fp32); bf16 on a GPU
     without bf16 -> fp16; bf16 on MPS -> fp16.
-    Returns one of ``"fp32"``, ``"bf16"``, ``"fp16"``.
+    ``"int8"`` (the encoder's linear layers in dynamic int8, :mod:`.int8`) runs on CPUs only:
+    on CUDA or MPS it raises :class:`~napari_sam.errors.DeviceError`.
+    Returns one of ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"``.
     """
     if precision is None:
         precision = os.environ.get(PRECISION_ENV) or default_precision(device)
     precision = _canonical_precision(precision)
+    if precision == "int8":  # never a silent fallback: int8 is asked for explicitly, for speed
+        from .int8 import check_int8_device
+
+        check_int8_device(device)
+        return precision
     if device.type == "cpu" and precision in ("fp16", "bf16"):
         fast_bf16 = _cpu_has_fast_bf16()
         target = "bf16" if fast_bf16 else "fp32"
@@ -134,8 +141,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (``None`` for fp32)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The autocast dtype for ``precision`` (``None`` for fp32, and for int8, whose non-linear parts are fp32)."""
+    return {"fp32": None, "int8": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def compile_requested(flag: bool | None) -> bool:

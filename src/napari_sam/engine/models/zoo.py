@@ -31,9 +31,15 @@ from pathlib import Path
 
 from ...errors import CheckpointError, UnknownModelError
 from . import weights_cache
-from ...model.checkpoint import read_state_dict
 
 _log = logging.getLogger(__name__)
+
+
+def read_state_dict(path):
+    """:func:`napari_sam.model.checkpoint.read_state_dict`, imported on use: listing the zoo needs no torch."""
+    from ...model.checkpoint import read_state_dict as read
+
+    return read(path)
 
 
 @dataclass(frozen=True)

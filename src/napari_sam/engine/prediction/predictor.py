@@ -24,6 +24,7 @@ from ...model.sam import Sam
 from ...model.transforms import ResizeLongestSide
 from .allocator import tune_allocator
 from ..models.device import InferenceOptions, compile_module
+from .candidates import CandidateMasks
 from ..images.normalize import to_uint8_rgb
 from .prompts import check_box, check_mask_input, check_points
 
@@ -62,7 +63,8 @@ class SamPredictor:
         """Args:
             sam_model: the model (its device is used).
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the image encoder and the mask
-                decoder's products with the image tokens (:attr:`decoder_dtype`); ``None`` means
+                decoder's products with the image tokens (:attr:`decoder_dtype`), or ``"int8"``
+                (CPU only: the encoder's linear layers in dynamic int8, the decoder fp32); ``None`` means
                 ``NAPARI_SAM_PRECISION``, else the device's default
                 (:func:`napari_sam.engine.models.device.default_precision`). Unsupported choices
                 fall back with a warning.
@@ -84,6 +86,7 @@ class SamPredictor:
             )
         self.options = options
         self._compiled_encoder = None
+        self._int8_encoder: torch.nn.Module | None = None
         if self.device.type == "cpu":
             tune_allocator()  # reuse freed tensors instead of fresh pages (see engine/prediction/allocator.py)
         self.reset_image()
@@ -165,11 +168,21 @@ class SamPredictor:
         dtype = self.options.autocast_dtype
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), ctx:
+            if self.precision == "int8":
+                return self._int8_image_encoder()(x).float()
             if self.compile:
                 out = self._run_compiled(x)
                 if out is not None:
                     return out.float()
             return self.model.image_encoder(x).float()
+
+    def _int8_image_encoder(self) -> torch.nn.Module:
+        """A copy of the image encoder with int8 linear layers, made on first use (:mod:`..models.int8`)."""
+        if self._int8_encoder is None:
+            from ..models.int8 import quantize_encoder
+
+            self._int8_encoder = quantize_encoder(self.model.image_encoder)
+        return self._int8_encoder
 
     def _run_compiled(self, x: torch.Tensor) -> torch.Tensor | None:
         """The compiled encoder's output, or ``None`` (after one warning) if compiling fails."""
@@ -285,6 +298,40 @@ class SamPredictor:
             masks (M, H, W) bool (float logits with ``return_logits``), iou_predictions (M,),
             low_res_logits (M, 4h, 4w); M = 3 with ``multimask_output`` else 1.
         """
+        coords_t, labels_t, box_t, mask_t = self._prompt_tensors(point_coords, point_labels, box, mask_input)
+        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    def predict_candidates(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[CandidateMasks, np.ndarray, np.ndarray]:
+        """:meth:`predict`, with each full-size mask upscaled only when it is first read.
+
+        Returns:
+            masks (M, H, W) bool as :class:`CandidateMasks` (``masks[k]`` equals
+            ``predict(...)[0][k]``), iou_predictions (M,), low_res_logits (M, 4h, 4w).
+        """
+        emb = self.get_embedding()
+        prompts = self._prompt_tensors(point_coords, point_labels, box, mask_input)
+        with torch.inference_mode():
+            iou, low_res = self._decode(emb, *prompts, multimask_output)
+        img_size, threshold = self.model.image_encoder.img_size, self.model.mask_threshold
+
+        def make(k: int) -> np.ndarray:
+            with torch.inference_mode():
+                m = upscale_masks(low_res[:, k : k + 1], img_size, emb.input_size, emb.original_size, threshold)
+            return m[0, 0].cpu().numpy()
+
+        masks = CandidateMasks(low_res.shape[1], emb.original_size, make)
+        return masks, iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    def _prompt_tensors(self, point_coords, point_labels, box, mask_input) -> tuple:
+        """Validated numpy prompts in the original (x, y) frame -> model-frame tensors for :meth:`predict_torch`."""
         emb = self.get_embedding()
         coords, labels = check_points(point_coords, point_labels, emb.original_size)
         boxes = check_box(box, emb.original_size)
@@ -303,8 +350,7 @@ class SamPredictor:
             box_t = torch.as_tensor(self.transform.apply_boxes(boxes, emb.original_size), dtype=torch.float, device=self.device)
         if mask is not None:
             mask_t = torch.as_tensor(mask, dtype=torch.float, device=self.device)[None]
-        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
-        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+        return coords_t, labels_t, box_t, mask_t
 
     @torch.inference_mode()
     def predict_torch(
@@ -325,6 +371,18 @@ class SamPredictor:
             masks (B, M, H, W), iou_predictions (B, M), low_res_logits (B, M, 4h, 4w).
         """
         emb = self.get_embedding()
+        iou, low_res = self._decode(emb, point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = upscale_masks(
+            low_res,
+            self.model.image_encoder.img_size,
+            emb.input_size,
+            emb.original_size,
+            threshold=None if return_logits else self.model.mask_threshold,
+        )
+        return masks, iou, low_res
+
+    def _decode(self, emb: Embedding, point_coords, point_labels, boxes, mask_input, multimask_output: bool):
+        """Prompt encoder and mask decoder: iou (B, M) and low-res logits (B, M, 4h, 4w)."""
         if point_coords is not None:
             if point_labels is None or point_coords.shape[:2] != point_labels.shape[:2] or point_coords.shape[-1] != 2:
                 raise InvalidPromptError(
@@ -342,11 +400,4 @@ class SamPredictor:
             multimask_output=multimask_output,
             compute_dtype=self.decoder_dtype,
         )
-        masks = upscale_masks(
-            low_res,
-            self.model.image_encoder.img_size,
-            emb.input_size,
-            emb.original_size,
-            threshold=None if return_logits else self.model.mask_threshold,
-        )
-        return masks, iou, low_res
+        return iou, low_res

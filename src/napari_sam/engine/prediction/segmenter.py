@@ -434,6 +434,7 @@ class Segmenter:
         slice_index: SliceIndex = None,
         multimask: bool = True,
         tile: tuple[int, int] | None = None,
+        lazy: bool = False,
     ) -> Prediction:
         """Predict candidate masks for prompts in (row, col) order on one slice.
 
@@ -443,6 +444,9 @@ class Segmenter:
             mask_input: (h, w) or (1, h, w) low-res logits from a previous Prediction.
             tile: on a tiled slice, the grid index of the tile to answer in (the
                 ``Prediction.tile`` the ``mask_input`` came from); default: routed.
+            lazy: give the masks as :class:`~napari_sam.engine.prediction.candidates.CandidateMasks`,
+                each candidate upscaled to full size when first read (what a click needs: the
+                shown candidate only); the masks are the same as with ``lazy=False``.
         Returns:
             A :class:`Prediction` with (M, H, W) masks of the whole slice.
         """
@@ -456,6 +460,8 @@ class Segmenter:
 
             def predict_in(t: Tile, **prompts):
                 self.predictor.set_embedding(self.tile_embedding(key, t))
+                if lazy:
+                    return self.predictor.predict_candidates(**prompts)
                 return self.predictor.predict(**prompts)
 
             return predict_tiled(grid, predict_in, pts, lab, bx, mask_input, multimask, tile)

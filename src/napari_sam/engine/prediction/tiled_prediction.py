@@ -35,6 +35,7 @@ import numpy as np
 
 from ...errors import InvalidPromptError
 from ...model.transforms import rowcol_to_xy
+from .candidates import CandidateMasks
 from .predictor import Embedding
 from .tiling import Tile, TileGrid
 
@@ -46,7 +47,9 @@ class Prediction:
     """Masks for one prompt set on one 2D slice.
 
     Attributes:
-        masks: (M, H, W) bool candidate masks of the whole slice (M = 3 with multimask, else 1).
+        masks: (M, H, W) bool candidate masks of the whole slice (M = 3 with multimask, else 1):
+            a numpy array, or :class:`~napari_sam.engine.prediction.candidates.CandidateMasks`
+            (each candidate made when first indexed) from ``Segmenter.predict(lazy=True)``.
         scores: (M,) float predicted IoU of each candidate.
         logits: (M, h, w) float32 low-resolution logits (feed one back as ``mask_input``);
             for a tiled slice these are in the frame of tile ``tile``, and ``None``
@@ -200,7 +203,9 @@ def predict_in_tile(
 ) -> Prediction:
     """Predict in one tile and place its (M, th, tw) masks into (M, H, W) slice masks (tiled grids only)."""
     masks, scores, logits = _predict_crop(predict, tile, points, labels, box, mask_input, multimask)
-    if len(grid) > 1:
+    if len(grid) > 1 and isinstance(masks, CandidateMasks):
+        masks = masks.placed(grid.image_shape, tile.outer_slices)
+    elif len(grid) > 1:
         full = np.zeros((masks.shape[0], *grid.image_shape), dtype=masks.dtype)
         full[(slice(None), *tile.outer_slices)] = masks
         masks = full
@@ -219,6 +224,7 @@ def predict_merged(
         if not (has_pos or has_box):
             continue
         masks, scores, _ = _predict_crop(predict, tile, points, labels, box if has_box else None, None, multimask)
+        masks = np.asarray(masks)
         if masks_out is None:
             masks_out = np.zeros((masks.shape[0], *grid.image_shape), dtype=bool)
             scores_sum = np.zeros(masks.shape[0], np.float64)
