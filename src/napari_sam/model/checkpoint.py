@@ -32,7 +32,8 @@ from ..errors import CheckpointError
 MICRO_SAM_PREFIX = "sam."
 
 
-def _load_weights_only(path: Path) -> object:
+def load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)`` on CPU; refusals and damaged files become CheckpointError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -84,7 +85,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
-    return unwrap_state_dict(_load_weights_only(path), source=f"Checkpoint {path}")
+    return unwrap_state_dict(load_weights_only(path), source=f"Checkpoint {path}")
 
 
 def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:
