@@ -68,3 +68,7 @@ class BatchWriteError(NapariSamError, OSError):
 
 class InvalidParameterError(NapariSamError, ValueError):
     """A setting has an invalid value or combination (e.g. automatic segmentation options)."""
+
+
+class NoDecoderError(NapariSamError, ValueError):
+    """Automatic segmentation with an instance decoder was asked of a model that has none."""

@@ -45,9 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-
-#: Key prefix of a decoder inside a combined napari-sam state dict.
-DECODER_PREFIX = "instance_decoder."
+from .checkpoint import DECODER_PREFIX
 
 
 @dataclass(frozen=True)
@@ -247,6 +245,17 @@ def config_from_state(state: Mapping[str, torch.Tensor], source: str = "decoder 
     )
 
 
+def embedded_decoder_state(obj: object) -> dict[str, torch.Tensor] | None:
+    """The decoder state inside a loaded *model* checkpoint (micro-sam's ``decoder_state`` or
+    napari-sam's ``instance_decoder.*`` keys), or ``None`` when it holds none."""
+    if isinstance(obj, Mapping) and (
+        (isinstance(obj.get("decoder_state"), Mapping) and len(obj["decoder_state"]) > 0)
+        or any(isinstance(k, str) and k.startswith(DECODER_PREFIX) for k in obj)
+    ):
+        return unwrap_decoder_state(obj)
+    return None
+
+
 def unwrap_decoder_state(obj: object, source: str = "decoder checkpoint") -> dict[str, torch.Tensor]:
     """The decoder's state dict from a loaded file: a bare decoder state dict (the published
     ``*_decoder`` files), micro-sam's combined ``{"decoder_state": ...}`` layout, or
@@ -310,6 +319,7 @@ __all__ = [
     "InstanceDecoderConfig",
     "build_instance_decoder",
     "config_from_state",
+    "embedded_decoder_state",
     "read_instance_decoder",
     "to_image_frame",
     "unwrap_decoder_state",
