@@ -197,3 +197,13 @@ def test_model_without_decoder_is_a_clear_error(tiny_model):
 
     with pytest.raises(NoDecoderError, match="no instance decoder.*vit_b_lm.*automatic mask generation"):
         segment_with_decoder(tiny_model, np.zeros((32, 32), np.uint8))
+
+
+def test_recommended_post_processing_travels_with_the_decoder():
+    from napari_sam.engine.automatic.instance_maps import InstanceMapSettings, recommended_settings
+
+    assert recommended_settings("vit_b_lm") == InstanceMapSettings(
+        center_distance_threshold=0.4, boundary_distance_threshold=0.5, distance_smoothing=2.0, min_size=100)
+    assert recommended_settings("vit_b_em_organelles").center_distance_threshold == 0.3
+    assert recommended_settings("vit_b_histopathology") == InstanceMapSettings()  # none published
+    assert recommended_settings("vit_b") == InstanceMapSettings() == recommended_settings(None)

@@ -76,6 +76,16 @@ class InstanceMapSettings:
             raise InvalidParameterError(f"min_size must be a whole number of pixels >= 0, got {self.min_size!r}.")
 
 
+def recommended_settings(model_name: str | None) -> InstanceMapSettings:
+    """The post-processing the publisher recommends for zoo model ``model_name``'s decoder
+    (micro-sam's widget values for its light- and electron-microscopy models), else the defaults."""
+    from ..models.zoo import REGISTRY
+
+    entry = REGISTRY.get(model_name) if model_name else None
+    decoder = entry.decoder if entry is not None else None
+    return InstanceMapSettings(**dict(decoder.recommended)) if decoder is not None else InstanceMapSettings()
+
+
 def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing as vigra / bioimage-cpp do it: radius ceil(3 sigma), mirrored borders; float32."""
     from scipy import ndimage
@@ -147,4 +157,4 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     return new_ids[labels]
 
 
-__all__ = ["InstanceMapSettings", "labels_from_maps", "remove_small_objects", "seeds_and_mask", "smooth"]
+__all__ = ["InstanceMapSettings", "labels_from_maps", "recommended_settings", "remove_small_objects", "seeds_and_mask", "smooth"]

@@ -56,6 +56,9 @@ class DecoderFile:
     known_hash: str | None
     source: str
     size: int | None = None
+    #: the publisher's recommended post-processing for this decoder, as (setting, value) pairs
+    #: named like :class:`~napari_sam.engine.automatic.instance_maps.InstanceMapSettings` fields
+    recommended: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,23 @@ _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 _MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
 
 
+# micro-sam's AIS widget settings per model (micro_sam/_model_settings.py, AIS_SETTINGS, same commit):
+# centre and boundary distance thresholds, distance smoothing, minimum size.
+_AIS = {
+    "vit_t_lm": (0.5, 0.5, 2.0), "vit_b_lm": (0.4, 0.5, 2.0), "vit_l_lm": (0.4, 0.4, 1.6),
+    "vit_t_em_organelles": (0.4, 0.5, 1.2), "vit_b_em_organelles": (0.3, 0.4, 1.2),
+    "vit_l_em_organelles": (0.3, 0.4, 1.2),
+}
+
+
+def _recommended(name: str) -> tuple[tuple[str, float], ...]:
+    if name not in _AIS:
+        return ()
+    c, b, smooth = _AIS[name]
+    return (("center_distance_threshold", c), ("boundary_distance_threshold", b),
+            ("distance_smoothing", smooth), ("min_size", 100))
+
+
 def _micro_sam(
     name: str, arch: str, bioimageio_id: str, version: str, xxh128: str, what: str, decoder_xxh128: str
 ) -> ModelEntry:
@@ -116,6 +136,7 @@ def _micro_sam(
             filename=f"micro_sam_{name}_decoder_v{version}.pt",
             known_hash=f"xxh128:{decoder_xxh128}",
             source=source,
+            recommended=_recommended(name),
         ),
     )
 
