@@ -77,3 +77,5 @@ class ConcurrentUseError(NapariSamError, RuntimeError):
 class InvalidOutputError(NapariSamError, ValueError):
     """An output path that cannot be used: it is or overlaps the input, its folder is missing,
     or its suffix names a format napari-sam does not write."""
+class NoDecoderError(NapariSamError, ValueError):
+    """Automatic segmentation with an instance decoder was asked of a model that has none."""

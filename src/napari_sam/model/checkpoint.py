@@ -10,7 +10,9 @@ object is ever unpickled. Recognised layouts:
 - a dict wrapping it under ``"model"`` or ``"state_dict"`` (training frameworks);
 - micro-sam / torch_em layout: ``{"model_state": {...}, "decoder_state": {...}, ...}``
   where model keys may carry a ``"sam."`` prefix. The prefix is stripped and
-  the instance-segmentation ``decoder_state`` (not part of SAM) is ignored.
+  the instance-segmentation ``decoder_state`` (not part of SAM) is ignored here,
+  as are ``instance_decoder.*`` keys (napari-sam's own attached decoder); both
+  are read by :mod:`napari_sam.model.instance_decoder`.
 
 Full torch_em *training* checkpoints also pickle optimizer/config objects; they
 are refused, with a hint to export them to a plain state dict first.
@@ -30,6 +32,8 @@ from ..errors import CheckpointError
 
 #: Key prefix micro-sam's trainer puts on SAM parameters inside ``model_state``.
 MICRO_SAM_PREFIX = "sam."
+#: Key prefix of an attached instance decoder in a napari-sam state dict (not part of SAM).
+DECODER_PREFIX = "instance_decoder."
 
 
 def _pickled_objects(path: Path) -> str:
@@ -88,6 +92,8 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torc
                 if isinstance(obj.get(key), Mapping):
                     obj = obj[key]
                     break
+    if isinstance(obj, Mapping):  # an attached instance decoder is read separately (model/instance_decoder.py)
+        obj = {k: v for k, v in obj.items() if not (isinstance(k, str) and k.startswith(DECODER_PREFIX))}
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source} does not hold a state dict of tensors.")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

@@ -17,7 +17,10 @@ class Sam(nn.Module):
 
     Parts are given to the constructor; ``build.py`` assembles them from a
     configuration. ``pixel_mean``/``pixel_std`` are non-persistent buffers, as
-    in the published checkpoints.
+    in the published checkpoints. An optional fourth part, ``instance_decoder``
+    (:class:`~napari_sam.model.instance_decoder.InstanceDecoder`), segments
+    automatically from the image embedding; it is ``None`` for models without
+    one, and its parameters are then absent from the state dict.
     """
 
     mask_threshold: float = 0.0
@@ -31,6 +34,7 @@ class Sam(nn.Module):
         pixel_mean: tuple[float, ...] = (123.675, 116.28, 103.53),
         pixel_std: tuple[float, ...] = (58.395, 57.12, 57.375),
         name: str = "sam",
+        instance_decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -39,6 +43,12 @@ class Sam(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.model_type = name
+        self.instance_decoder = instance_decoder
+
+    @property
+    def has_instance_decoder(self) -> bool:
+        """Whether this model can segment automatically with a trained instance decoder."""
+        return self.instance_decoder is not None
 
     @property
     def device(self) -> torch.device:

@@ -19,6 +19,17 @@ never computed here):
   micro-sam's current registry (``micro_sam/v1/util.py``). xxh128 can only be
   checked when the optional ``xxhash`` package is installed; otherwise these
   files are verified only by loading them strictly into the architecture.
+- ``*_histopathology`` (Griebel et al. 2025, "Segment Anything for
+  Histopathology", github.com/computational-cell-analytics/patho-sam) and
+  ``vit_b_medical_imaging`` (micro-sam's MedicoSAM): URLs (owncloud.gwdg.de
+  shares) and xxh128 hashes from micro-sam's registry ``models()`` in
+  ``micro_sam/util.py`` (commit 3acdcd7 of computational-cell-analytics/micro-sam,
+  August 2026).
+- Instance decoders (``ModelEntry.decoder``): micro-sam's ten published
+  ``*_decoder`` files, from the same registry (same commit): the BioImage.IO
+  packages' ``vit_*_decoder.pt`` for the light- and electron-microscopy models,
+  owncloud shares for histopathology and medical imaging; each xxh128-hashed.
+  ``load_model`` fetches an entry's decoder beside its encoder.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import CheckpointError, UnknownModelError
-from . import weights_cache
+from . import instance_decoders, weights_cache
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +51,20 @@ def read_state_dict(path):
     from ...model.checkpoint import read_state_dict as read
 
     return read(path)
+
+
+@dataclass(frozen=True)
+class DecoderFile:
+    """A published instance-decoder file that belongs to one zoo model's encoder."""
+
+    url: str
+    filename: str
+    known_hash: str | None
+    source: str
+    size: int | None = None
+    #: the publisher's recommended post-processing for this decoder, as (setting, value) pairs
+    #: named like :class:`~napari_sam.engine.automatic.instance_maps.InstanceMapSettings` fields
+    recommended: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,7 @@ class ModelEntry:
     size: int | None = None  # bytes
     bundled: bool = False
     package_path: str | None = None
+    decoder: DecoderFile | None = None  # trained instance decoder for automatic segmentation
 
     @property
     def available(self) -> bool:
@@ -81,16 +107,72 @@ _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 _MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
 
 
-def _micro_sam(name: str, arch: str, bioimageio_id: str, version: str, xxh128: str, what: str) -> ModelEntry:
+# micro-sam's AIS widget settings per model (micro_sam/_model_settings.py, AIS_SETTINGS, same commit):
+# centre and boundary distance thresholds, distance smoothing, minimum size.
+_AIS = {
+    "vit_t_lm": (0.5, 0.5, 2.0), "vit_b_lm": (0.4, 0.5, 2.0), "vit_l_lm": (0.4, 0.4, 1.6),
+    "vit_t_em_organelles": (0.4, 0.5, 1.2), "vit_b_em_organelles": (0.3, 0.4, 1.2),
+    "vit_l_em_organelles": (0.3, 0.4, 1.2),
+}
+
+
+def _recommended(name: str) -> tuple[tuple[str, float], ...]:
+    if name not in _AIS:
+        return ()
+    c, b, smooth = _AIS[name]
+    return (("center_distance_threshold", c), ("boundary_distance_threshold", b),
+            ("distance_smoothing", smooth), ("min_size", 100))
+
+
+def _micro_sam(
+    name: str, arch: str, bioimageio_id: str, version: str, xxh128: str, what: str, decoder_xxh128: str
+) -> ModelEntry:
+    source = f"{_MICRO_SAM} '{bioimageio_id}' v{version}"
     return ModelEntry(
         name=name,
         architecture=arch,
         description=f"SAM {arch.upper().replace('_', '-')} fine-tuned by micro-sam for {what}",
-        source=f"{_MICRO_SAM} '{bioimageio_id}' v{version}",
+        source=source,
         license="not recorded here: see the BioImage.IO model card",
         url=f"{_BIOIMAGEIO}/{bioimageio_id}/{version}/files/{arch}.pt",
         filename=f"micro_sam_{name}_v{version}.pt",
         known_hash=f"xxh128:{xxh128}",
+        decoder=DecoderFile(
+            url=f"{_BIOIMAGEIO}/{bioimageio_id}/{version}/files/{arch}_decoder.pt",
+            filename=f"micro_sam_{name}_decoder_v{version}.pt",
+            known_hash=f"xxh128:{decoder_xxh128}",
+            source=source,
+            recommended=_recommended(name),
+        ),
+    )
+
+
+_OWNCLOUD = "https://owncloud.gwdg.de/index.php/s"
+_PATHO_SAM = (
+    "patho-sam (Griebel et al. 2025, Segment Anything for Histopathology), "
+    "github.com/computational-cell-analytics/patho-sam, via micro-sam's registry"
+)
+_MEDICO_SAM = "micro-sam's medical-imaging model (MedicoSAM, Archit et al. 2025), via micro-sam's registry"
+
+
+def _owncloud(
+    name: str, arch: str, share: str, xxh128: str, what: str, source: str, decoder_share: str, decoder_xxh128: str
+) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        architecture=arch,
+        description=f"SAM {arch.upper().replace('_', '-')} fine-tuned for {what}",
+        source=source,
+        license="not recorded here: see the publishers' repository",
+        url=f"{_OWNCLOUD}/{share}/download",
+        filename=f"micro_sam_{name}.pt",
+        known_hash=f"xxh128:{xxh128}",
+        decoder=DecoderFile(
+            url=f"{_OWNCLOUD}/{decoder_share}/download",
+            filename=f"micro_sam_{name}_decoder.pt",
+            known_hash=f"xxh128:{decoder_xxh128}",
+            source=source,
+        ),
     )
 
 
@@ -125,17 +207,32 @@ _ENTRIES = (
         size=40728226,
     ),
     _micro_sam("vit_b_lm", "vit_b", "diplomatic-bug", "1.2", "fe9252a29f3f4ea53c15a06de471e186",
-               "cells and nuclei in light microscopy"),
+               "cells and nuclei in light microscopy", "708b15ac620e235f90bb38612c4929ba"),
     _micro_sam("vit_l_lm", "vit_l", "idealistic-rat", "1.2", "017f20677997d628426dec80a8018f9d",
-               "cells and nuclei in light microscopy"),
+               "cells and nuclei in light microscopy", "2faeafa03819dfe03e7c46a44aaac64a"),
     _micro_sam("vit_t_lm", "vit_t", "faithful-chicken", "1.1", "72ec5074774761a6e5c05a08942f981e",
-               "cells and nuclei in light microscopy"),
+               "cells and nuclei in light microscopy", "3e914a5f397b0312cdd36813031f8823"),
     _micro_sam("vit_b_em_organelles", "vit_b", "noisy-ox", "1.2", "f3bf2ed83d691456bae2c3f9a05fb438",
-               "mitochondria, nuclei and other organelles in electron microscopy"),
+               "mitochondria, nuclei and other organelles in electron microscopy",
+               "bb6398956a6b0132c26b631c14f95ce2"),
     _micro_sam("vit_l_em_organelles", "vit_l", "humorous-crab", "1.2", "810b084b6e51acdbf760a993d8619f2d",
-               "mitochondria, nuclei and other organelles in electron microscopy"),
+               "mitochondria, nuclei and other organelles in electron microscopy",
+               "334877640bfdaaabce533e3252a17294"),
     _micro_sam("vit_t_em_organelles", "vit_t", "greedy-whale", "1", "253474720c497cce605e57c9b1d18fd9",
-               "mitochondria, nuclei and other organelles in electron microscopy"),
+               "mitochondria, nuclei and other organelles in electron microscopy",
+               "8f897c7bb93174a4d1638827c4dd6f44"),
+    _owncloud("vit_b_histopathology", "vit_b", "sBB4H8CTmIoBZsQ", "ffd1a2cd84570458b257bd95fdd8f974",
+              "nuclei in histopathology (H&E) images", _PATHO_SAM,
+              "KO9AWqynI7SFOBj", "6a66194dcb6e36199cbee2214ecf7213"),
+    _owncloud("vit_l_histopathology", "vit_l", "IZgnn1cpBq2PHod", "b591833c89754271023e901281dee3f2",
+              "nuclei in histopathology (H&E) images", _PATHO_SAM,
+              "oIs6VSmkOp7XrKF", "46aab7765d4400e039772d5a50b55c04"),
+    _owncloud("vit_h_histopathology", "vit_h", "L7AcvVz7DoWJ2RZ", "bd1856dafc156a43fb3aa705f1a6e92e",
+              "nuclei in histopathology (H&E) images", _PATHO_SAM,
+              "1qAKxy5H0jgwZvM", "3ed9f87e46ad5e16935bd8d722c8dc47"),
+    _owncloud("vit_b_medical_imaging", "vit_b", "f5Ol4FrjPQWfjUF", "40169f1e3c03a4b67bff58249c176d92",
+              "medical images (CT, MRI, X-ray, ultrasound, ...)", _MEDICO_SAM,
+              "ahd3ZhZl2e0RIwz", "9e498b12f526f119b96c88be76e3b2ed"),
     ModelEntry(
         "tiny", "tiny", "napari-sam's small bundled model (256 px input), for quick tries and tests",
         "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt",
@@ -302,6 +399,8 @@ def load_model(
     *,
     model_type: str | None = None,
     progressbar: bool = True,
+    with_decoder: bool = True,
+    decoder: str | os.PathLike | None = None,
 ):
     """Load a SAM from a zoo name (downloaded and cached on first use) or a local file.
 
@@ -314,9 +413,15 @@ def load_model(
         model_type: architecture of a local file; guessed from its tensors when
             left out. For zoo names it must agree with the entry.
         progressbar: show a tqdm bar while downloading.
+        with_decoder: also fetch and attach the model's published instance decoder
+            (zoo entries with one) or the decoder a checkpoint file carries
+            (micro-sam's ``decoder_state``); ``False`` skips it.
+        decoder: a decoder file to attach instead (e.g. a micro-sam ``*_decoder.pt``);
+            it must fit the encoder's embedding width.
 
     Returns:
-        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device. The precision it
+        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device;
+        ``model.instance_decoder`` is the attached decoder or ``None``. The precision it
         runs in is chosen where it runs (``SamPredictor``/``Segmenter``/... ``precision=``).
 
     Raises:
@@ -330,11 +435,21 @@ def load_model(
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
         state = _read_zoo_weights(entry, progressbar)
-        return _build(state, arch, f"Zoo model {entry.name!r}", device)
+        model = _build(state, arch, f"Zoo model {entry.name!r}", device)
+        if decoder is not None:
+            instance_decoders.load_local_decoder(decoder, model)
+        elif with_decoder and entry.decoder is not None:
+            instance_decoders.load_zoo_decoder(entry, model, progressbar)
+        return model
 
     check_model(name_or_path)  # a missing file or an unknown name (with "did you mean")
     path = Path(name_or_path).expanduser()
-    state = read_state_dict(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    from ...model.checkpoint import load_weights_only, unwrap_state_dict
+
+    raw = load_weights_only(path)
+    state = unwrap_state_dict(raw, source=f"Checkpoint {path}")
     if model_type is None:
         from ...model import guess_model_type
 
@@ -344,7 +459,18 @@ def load_model(
                 f"Cannot tell which SAM architecture {path} holds ({model_type}); pass model_type= "
                 f"(vit_b, vit_l, vit_h, vit_t or tiny)."
             )
-    return _build(state, model_type, f"Checkpoint {path}", device)
+    model = _build(state, model_type, f"Checkpoint {path}", device)
+    if decoder is not None:
+        instance_decoders.load_local_decoder(decoder, model)
+    elif with_decoder:
+        instance_decoders.attach_embedded(raw, model, f"Checkpoint {path}")
+    return model
 
 
-__all__ = ["REGISTRY", "ModelEntry", "check_model", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]
+def decoder_models() -> list[str]:
+    """Names of the zoo models that come with a trained instance decoder (automatic segmentation)."""
+    return [e.name for e in list_models() if e.decoder is not None]
+
+
+__all__ = ["REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models", "find_entry", "get_entry",
+           "list_models", "load_model", "weights_path"]

@@ -82,13 +82,16 @@ def image_fingerprint(data: Any, spatial_ndim: int = 2, full_hash_bytes: int = F
 
 
 def model_fingerprint(model: Any, samples: int = 64) -> str:
-    """A hex identity of a model's weights: names, shapes, dtypes and sampled values of its state dict."""
+    """A hex identity of a model's weights: names, shapes, dtypes and sampled values of its state dict
+    (an attached instance decoder left out: it does not change embeddings)."""
     import torch
 
     h = _digest()
     h.update(str(getattr(model, "model_type", type(model).__name__)).encode())
     with torch.no_grad():
         for name, t in model.state_dict().items():
+            if name.startswith("instance_decoder."):  # embeddings do not depend on an attached decoder
+                continue
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
             flat = t.detach().reshape(-1)
             if flat.numel() == 0:

@@ -1,0 +1,100 @@
+"""Automatic segmentation with an instance decoder: encoder, decoder and post-processing times.
+
+A SAM of ``--model`` architecture with random weights and a random instance decoder of the
+published configuration (256-channel embedding, 64 features) segment one synthetic
+fluorescence image of ``--size`` x ``--size`` pixels. Timed separately, each the minimum
+over ``--repeats`` runs:
+
+- encoder: ``SamPredictor.set_image`` (resize, normalise, image encoder);
+- decoder: the decoder's three maps brought to the image frame (fp32; under bf16 autocast
+  this torch's CPU convolutions did not finish a 16 x 16 embedding in 5 minutes, so bf16 is
+  not offered here);
+- post-processing: the seeded watershed (micro-sam's defaults), on maps drawn from the
+  image's true objects (random weights give meaningless maps, whose watershed cost is
+  not representative) and, for reference, on the random decoder's maps.
+
+Peak memory of vit_b at 1024 x 1024 is about 4 GB. Numbers vary with load: record the
+load average with them (printed).
+
+Usage: python benchmarks/bench_ais.py [--model vit_b] [--size 1024] [--threads 2] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def _true_maps(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground, centre distance, boundary distance of ``labels`` (what a trained decoder predicts)."""
+    from scipy import ndimage as ndi
+
+    fg = (labels > 0).astype(np.float32)
+    cd = np.ones(labels.shape, np.float32)
+    bd = np.ones(labels.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), 1):
+        if sl is None:
+            continue
+        m = labels[sl] == i
+        dt = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        bd[sl][m] = 1 - dt[m] / dt.max()
+        com = ndi.center_of_mass(m)
+        yy, xx = np.indices(m.shape)
+        d = np.hypot(yy - com[0], xx - com[1])
+        cd[sl][m] = d[m] / max(d[m].max(), 1.0)
+    return tuple(ndi.gaussian_filter(a, 1.0) for a in (fg, cd, bd))
+
+
+def _best(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vit_b", help="architecture (random weights): vit_b, vit_l, vit_h, vit_t, tiny")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from napari_sam.engine.automatic.instance_decoder import decoder_maps
+    from napari_sam.engine.automatic.instance_maps import labels_from_maps
+    from napari_sam.engine.prediction.predictor import SamPredictor
+    from napari_sam.model import build_sam
+    from napari_sam.model.instance_decoder import InstanceDecoder, InstanceDecoderConfig
+    from napari_sam.training.synthetic import synthetic_sample
+
+    torch.manual_seed(0)
+    model = build_sam(args.model)
+    model.instance_decoder = InstanceDecoder(InstanceDecoderConfig(embed_dim=model.prompt_encoder.embed_dim)).eval()
+    image, labels = synthetic_sample(0, (args.size, args.size), "nuclei")
+    print(f"{args.model}, {args.size} x {args.size}, {args.threads} threads, {int(labels.max())} true objects, "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    predictor = SamPredictor(model, precision="fp32")
+    t_enc, _ = _best(lambda: predictor.set_image(image), args.repeats)
+    emb = predictor.get_embedding()
+    t_dec, maps = _best(lambda: decoder_maps(model, emb), args.repeats)
+    rows = [("encoder (set_image)", t_enc), ("decoder fp32 (maps in the image frame)", t_dec)]
+    true_maps = _true_maps(labels)
+    t_post, seg = _best(lambda: labels_from_maps(*true_maps), args.repeats)
+    rows.append((f"post-processing, maps of the true objects ({int(seg.max())} found)", t_post))
+    t_post_random, seg_r = _best(lambda: labels_from_maps(*maps), args.repeats)
+    rows.append((f"post-processing, random decoder's maps ({int(seg_r.max())} found)", t_post_random))
+    for name, t in rows:
+        print(f"  {name:64s} {t:8.3f} s")
+    print(f"  {'decoder fp32 + post-processing':64s} {t_dec + t_post:8.3f} s")
+
+
+if __name__ == "__main__":
+    main()

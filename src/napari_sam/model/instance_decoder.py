@@ -1,0 +1,326 @@
+"""The instance decoder: a UNETR-style convolutional decoder on SAM's image embedding.
+
+micro-sam's automatic instance segmentation ("AIS") attaches this decoder to the
+SAM image encoder. It is torch_em's ``UNETR`` in the configuration micro-sam
+uses (``backbone="sam"``, ``use_skip_connection=False``, ``out_channels=3``,
+``final_activation="Sigmoid"``), applied to the encoder's output embedding (the
+neck's C channels, 256 for the published models) exactly like micro-sam's
+``DecoderAdapter``. Its three output maps, at the padded encoder-input
+resolution (16 x the embedding grid), are:
+
+- channel 0: foreground probability;
+- channel 1: normalised distance to the object centre (small at centres);
+- channel 2: normalised distance to the object boundary, inverted (small deep
+  inside objects).
+
+Parameter names and shapes equal the published ``*_decoder`` files (their keys
+are the UNETR's own, minus ``encoder.*``), so they load with a strict key check.
+Two upsampling variants exist in the published files and torch_em: bilinear
+interpolation followed by a 1x1 convolution (keys ``...conv.weight``) and
+transposed 2x2 convolutions (keys ``...block.weight``); :func:`config_from_state`
+tells them apart from the keys, as micro-sam does.
+
+Layout (F = ``initial_features`` = 64, features per level 8F, 4F, 2F, F)::
+
+    z12 (C, h, w) -- deconv1 -> z9 (8F, 2h) -- deconv2 -> z6 (4F, 4h)
+                  -- deconv3 -> z3 (2F, 8h) -- deconv4 -> z0 (F, 16h)
+    base(z12) (8F, h) -> decoder level i: upsample x2 (halving the channels),
+        concatenate the centre channels of z9 / z6 / z3, conv block
+    -> deconv_out (x2, F) -> concat z0 -> decoder_head -> out_conv (3) -> sigmoid
+
+The "centre channels" are torch_em's centre crop of a skip input that has twice
+the channels of the upsampled features (its ``Decoder._crop`` crops the channel
+axis too); they are reproduced here for parity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from .checkpoint import DECODER_PREFIX
+
+
+@dataclass(frozen=True)
+class InstanceDecoderConfig:
+    """Shape of an instance decoder (fully determines its parameter names and shapes).
+
+    Attributes:
+        embed_dim: channels of the image embedding it reads (the encoder's ``out_chans``).
+        initial_features: channels of the finest level (64 in the published decoders).
+        out_channels: output maps (3: foreground, centre distance, boundary distance).
+        conv_transpose: upsample with transposed 2x2 convolutions instead of bilinear
+            interpolation + 1x1 convolution.
+    """
+
+    embed_dim: int = 256
+    initial_features: int = 64
+    out_channels: int = 3
+    conv_transpose: bool = False
+
+    @property
+    def features(self) -> tuple[int, int, int, int]:
+        f = self.initial_features
+        return (8 * f, 4 * f, 2 * f, f)
+
+
+class _ConvBlock(nn.Module):
+    """torch_em ``ConvBlock2d``: (InstanceNorm, 3x3 conv, ReLU) twice."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.InstanceNorm2d(in_ch),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.InstanceNorm2d(out_ch),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _Upsample(nn.Module):
+    """x2 bilinear interpolation, then a 1x1 convolution (torch_em ``Upsampler2d``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class _TransposedUpsample(nn.Module):
+    """x2 transposed 2x2 convolution (torch_em ``SingleDeconv2DBlock``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _Conv(nn.Module):
+    """A 3x3 convolution wrapped as torch_em's ``SingleConv2DBlock`` (hence ``.block``)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def _upsampler(cfg: InstanceDecoderConfig, in_ch: int, out_ch: int) -> nn.Module:
+    return _TransposedUpsample(in_ch, out_ch) if cfg.conv_transpose else _Upsample(in_ch, out_ch)
+
+
+class _UpBlock(nn.Module):
+    """torch_em ``Deconv2DBlock``: upsample x2, 3x3 conv, BatchNorm, ReLU."""
+
+    def __init__(self, cfg: InstanceDecoderConfig, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _upsampler(cfg, in_ch, out_ch), _Conv(out_ch), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _Levels(nn.Module):
+    """torch_em's ``Decoder``: per level, upsample, concatenate the skip input, conv block."""
+
+    def __init__(self, cfg: InstanceDecoderConfig) -> None:
+        super().__init__()
+        feats = cfg.features
+        self.blocks = nn.ModuleList(_ConvBlock(i, o) for i, o in zip(feats[:-1], feats[1:]))
+        self.samplers = nn.ModuleList(_upsampler(cfg, i, o) for i, o in zip(feats[:-1], feats[1:]))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for block, sampler, skip in zip(self.blocks, self.samplers, skips):
+            x = sampler(x)
+            x = block(torch.cat([x, _centre_crop(skip, x.shape)], dim=1))
+        return x
+
+
+def _centre_crop(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Centre-crop every axis but the batch axis of ``t`` to ``shape`` (channels included, as torch_em)."""
+    index = [slice(None)]
+    for have, want in zip(t.shape[1:], shape[1:]):
+        start = (have - want) // 2
+        index.append(slice(start, start + want))
+    return t[tuple(index)]
+
+
+class InstanceDecoder(nn.Module):
+    """Embedding -> foreground, centre-distance and boundary-distance maps (see module docstring)."""
+
+    def __init__(self, cfg: InstanceDecoderConfig = InstanceDecoderConfig()) -> None:
+        super().__init__()
+        self.config = cfg
+        f8, f4, f2, f1 = cfg.features
+        self.decoder = _Levels(cfg)
+        self.deconv1 = _UpBlock(cfg, cfg.embed_dim, f8)
+        self.deconv2 = _UpBlock(cfg, f8, f4)
+        self.deconv3 = _UpBlock(cfg, f4, f2)
+        self.deconv4 = _UpBlock(cfg, f2, f1)
+        self.base = _ConvBlock(cfg.embed_dim, f8)
+        self.out_conv = nn.Conv2d(f1, cfg.out_channels, 1)
+        self.deconv_out = _upsampler(cfg, f1, f1)
+        self.decoder_head = _ConvBlock(2 * f1, f1)
+
+    def forward(self, embedding: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        """Decode an embedding.
+
+        Args:
+            embedding: (B, C, h, w) float image embedding (C = ``config.embed_dim``).
+            activate: apply the sigmoid (``False`` returns the logits).
+
+        Returns:
+            (B, 3, 16 h, 16 w) float maps in the padded encoder-input frame; use
+            :func:`to_image_frame` to crop and resize them to the image.
+        """
+        if embedding.ndim != 4 or embedding.shape[1] != self.config.embed_dim:
+            raise ValueError(
+                f"The instance decoder reads (B, {self.config.embed_dim}, h, w) embeddings; "
+                f"got {tuple(embedding.shape)}."
+            )
+        z9 = self.deconv1(embedding)
+        z6 = self.deconv2(z9)
+        z3 = self.deconv3(z6)
+        z0 = self.deconv4(z3)
+        x = self.decoder(self.base(embedding), [z9, z6, z3])
+        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        x = self.out_conv(x)
+        return torch.sigmoid(x) if activate else x
+
+
+def to_image_frame(
+    maps: torch.Tensor, img_size: int, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """Bring decoder maps from the padded encoder-input frame to the image (torch_em's ``postprocess_masks``).
+
+    Args:
+        maps: (B, K, s, s) decoder output.
+        img_size: the encoder's square input size (maps are first resized to it).
+        input_size: (h', w') of the resized image inside the padded input.
+        original_size: (H, W) of the image.
+
+    Returns:
+        (B, K, H, W) float maps.
+    """
+    maps = F.interpolate(maps, (img_size, img_size), mode="bilinear", align_corners=False)
+    maps = maps[..., : input_size[0], : input_size[1]]
+    return F.interpolate(maps, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def config_from_state(state: Mapping[str, torch.Tensor], source: str = "decoder checkpoint") -> InstanceDecoderConfig:
+    """Read the decoder configuration from a state dict's keys and shapes."""
+    try:
+        base = state["base.block.1.weight"]
+        out = state["out_conv.weight"]
+    except KeyError:
+        sample = ", ".join(sorted(state)[:5])
+        raise CheckpointError(
+            f"{source} is not an instance-decoder state dict (no 'base.block.1.weight' / 'out_conv.weight'; "
+            f"first keys: {sample or 'none'}). Expected one of micro-sam's '*_decoder' files."
+        ) from None
+    return InstanceDecoderConfig(
+        embed_dim=int(base.shape[1]),
+        initial_features=int(out.shape[1]),
+        out_channels=int(out.shape[0]),
+        conv_transpose="decoder.samplers.0.block.weight" in state,
+    )
+
+
+def embedded_decoder_state(obj: object) -> dict[str, torch.Tensor] | None:
+    """The decoder state inside a loaded *model* checkpoint (micro-sam's ``decoder_state`` or
+    napari-sam's ``instance_decoder.*`` keys), or ``None`` when it holds none."""
+    if isinstance(obj, Mapping) and (
+        (isinstance(obj.get("decoder_state"), Mapping) and len(obj["decoder_state"]) > 0)
+        or any(isinstance(k, str) and k.startswith(DECODER_PREFIX) for k in obj)
+    ):
+        return unwrap_decoder_state(obj)
+    return None
+
+
+def unwrap_decoder_state(obj: object, source: str = "decoder checkpoint") -> dict[str, torch.Tensor]:
+    """The decoder's state dict from a loaded file: a bare decoder state dict (the published
+    ``*_decoder`` files), micro-sam's combined ``{"decoder_state": ...}`` layout, or
+    napari-sam's own keys under ``instance_decoder.``."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("decoder_state"), Mapping):
+        obj = obj["decoder_state"]
+    elif isinstance(obj, Mapping) and any(isinstance(k, str) and k.startswith(DECODER_PREFIX) for k in obj):
+        obj = {k[len(DECODER_PREFIX):]: v for k, v in obj.items() if k.startswith(DECODER_PREFIX)}
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} does not hold an instance-decoder state dict.")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source} holds non-tensor entries ({', '.join(bad[:5])}); not a decoder state dict.")
+    return dict(obj)
+
+
+def build_instance_decoder(
+    state: Mapping[str, torch.Tensor], embed_dim: int | None = None, source: str = "decoder checkpoint"
+) -> InstanceDecoder:
+    """Build a decoder from a state dict, strictly; ``embed_dim`` is the encoder it must pair with.
+
+    Raises :class:`CheckpointError` naming missing / unexpected / wrong-shape keys,
+    or saying which encoder width the decoder was trained for.
+    """
+    cfg = config_from_state(state, source)
+    if embed_dim is not None and cfg.embed_dim != embed_dim:
+        raise CheckpointError(
+            f"{source} was trained for an encoder with {cfg.embed_dim}-channel embeddings, but this model's "
+            f"encoder gives {embed_dim} channels: the decoder belongs to another model. Use the decoder "
+            f"published with this model's encoder."
+        )
+    decoder = InstanceDecoder(cfg)
+    own = decoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{source} does not fit the instance decoder ({cfg})."]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError("\n".join(parts))
+    decoder.load_state_dict(state, strict=True)
+    return decoder.eval()
+
+
+def read_instance_decoder(path: str | os.PathLike, embed_dim: int | None = None) -> InstanceDecoder:
+    """Load a decoder file safely (``weights_only=True``, strict keys); see :func:`build_instance_decoder`."""
+    from .checkpoint import load_weights_only
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Decoder file not found: {path}")
+    source = f"Decoder file {path}"
+    return build_instance_decoder(unwrap_decoder_state(load_weights_only(path), source), embed_dim, source)
+
+
+__all__ = [
+    "InstanceDecoder",
+    "InstanceDecoderConfig",
+    "build_instance_decoder",
+    "config_from_state",
+    "embedded_decoder_state",
+    "read_instance_decoder",
+    "to_image_frame",
+    "unwrap_decoder_state",
+]
