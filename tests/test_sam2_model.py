@@ -116,3 +116,16 @@ def test_modules_match_reference_numerically(sam2_state, ref):
         mem_b, pos_b = ours.encode_new_memory(m.embed, b.high_res_masks, b.object_score_logits, False)
         torch.testing.assert_close(mem_b, mem_a, atol=1e-4, rtol=0)
         torch.testing.assert_close(pos_b, pos_a[0])
+
+
+def test_load_model_recognises_sam2_files(sam2_file, tiny_checkpoint):
+    import napari_sam
+    from napari_sam.model.sam2 import SAM2Model
+
+    model = napari_sam.load_model(sam2_file, device="cpu")
+    assert isinstance(model, SAM2Model) and model.cfg.name == "sam2.1_hiera_tiny"
+    assert isinstance(napari_sam.load_model(sam2_file, device="cpu", model_type="hiera_tiny"), SAM2Model)
+    with pytest.raises(CheckpointError, match="SAM 2.1 checkpoint"):
+        napari_sam.load_model(sam2_file, device="cpu", model_type="vit_b")
+    with pytest.raises(CheckpointError, match="SAM 1 model"):
+        napari_sam.load_model(tiny_checkpoint, device="cpu", model_type="sam2.1_hiera_tiny")

@@ -8,6 +8,8 @@ torch only when a model-related name is first used. Public names:
 - ``SamPredictor(model)``: the reference's two-phase set_image / predict API.
 - ``Segmenter(model=..., device=None)``: napari-order (row, col) scripting API.
 - ``SamAutomaticMaskGenerator(model, ...)``: automatic instance segmentation.
+- ``build_sam2(model_type, checkpoint=None)``: a SAM 2.1 model (``load_model`` also reads SAM 2.1 files).
+- ``SAM2ImagePredictor(model)``: Meta's SAM 2 image API (``set_image`` / ``predict``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ _LAZY = {
     "list_models": "napari_sam.engine.models.zoo",
     "Segmenter": "napari_sam.engine.prediction.segmenter",
     "SamAutomaticMaskGenerator": "napari_sam.engine.automatic.amg",
+    "build_sam2": "napari_sam.model.sam2.build",
+    "SAM2ImagePredictor": "napari_sam.engine.sam2.image_predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -237,6 +237,23 @@ def _check_architecture(state: dict, model_type: str, source: str) -> None:
         )
 
 
+def _build_sam2(state: dict, model_type: str | None, source: str, device):
+    """A SAM 2.1 model from its tensors; a SAM 1 file or a mismatched size gets a CheckpointError."""
+    from ...model.sam2 import build_sam2
+    from .device import resolve_device
+
+    try:
+        return build_sam2(model_type, state, device=resolve_device(device))
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
+def _is_sam2_type(model_type: str | None) -> bool:
+    from ...model.sam2.config import SAM2_ALIASES, SAM2_PRESETS
+
+    return model_type is not None and (model_type in SAM2_PRESETS or model_type in SAM2_ALIASES)
+
+
 def _build(state: dict, model_type: str, source: str, device, precision):
     from ...model import build_sam
     from ...model.checkpoint import load_into
@@ -274,7 +291,9 @@ def load_model(
         progressbar: show a tqdm bar while downloading.
 
     Returns:
-        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device.
+        A :class:`~napari_sam.model.Sam` in eval mode on the chosen device, or a
+        :class:`~napari_sam.model.sam2.SAM2Model` for a SAM 2.1 file or zoo entry
+        (``precision`` does not apply to SAM 2.1 yet).
 
     Raises:
         UnknownModelError: neither a zoo name nor an existing file.
@@ -287,6 +306,8 @@ def load_model(
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
         state = _read_zoo_weights(entry, progressbar)
+        if _is_sam2_type(arch):
+            return _build_sam2(state, arch, f"Zoo model {entry.name!r}", device)
         return _build(state, arch, f"Zoo model {entry.name!r}", device, precision)
 
     path = Path(name_or_path).expanduser()
@@ -295,6 +316,10 @@ def load_model(
             raise CheckpointError(f"Checkpoint file not found: {path}")
         get_entry(str(name_or_path))  # raises UnknownModelError listing the names
     state = read_state_dict(path)
+    from ...model.sam2 import is_sam2_state_dict
+
+    if _is_sam2_type(model_type) or (model_type is None and is_sam2_state_dict(state)):
+        return _build_sam2(state, model_type, f"Checkpoint {path}", device)
     if model_type is None:
         from ...model import guess_model_type
 
