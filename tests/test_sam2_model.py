@@ -129,3 +129,24 @@ def test_load_model_recognises_sam2_files(sam2_file, tiny_checkpoint):
         napari_sam.load_model(sam2_file, device="cpu", model_type="vit_b")
     with pytest.raises(CheckpointError, match="SAM 1 model"):
         napari_sam.load_model(tiny_checkpoint, device="cpu", model_type="sam2.1_hiera_tiny")
+
+
+def test_zoo_lists_the_four_sam2_checkpoints_apart(sam2_file, monkeypatch):
+    import napari_sam
+    from napari_sam.engine.models import zoo
+    from napari_sam.model.sam2 import SAM2Model
+
+    sam2 = [e for e in zoo.list_models(families=("sam2",))]
+    assert [e.name for e in sam2] == list(SAM2_PRESETS)
+    for e in sam2:
+        assert e.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{e.name}.pt"
+        assert e.known_hash.startswith("sha256:") and len(e.known_hash) == 7 + 64
+        assert e.family == "sam2" and e.architecture == e.name
+    # the SAM 1 code paths (widgets) keep seeing only what they can run
+    assert all(e.family == "sam" for e in zoo.list_models())
+    # a zoo name loads the SAM 2.1 architecture (the download is replaced by the random file)
+    monkeypatch.setattr(zoo, "weights_path", lambda name, progressbar=True: sam2_file)
+    model = napari_sam.load_model("sam2.1_hiera_tiny", device="cpu")
+    assert isinstance(model, SAM2Model)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        napari_sam.load_model("sam2.1_hiera_small", device="cpu")

@@ -68,3 +68,11 @@ class BatchWriteError(NapariSamError, OSError):
 
 class InvalidParameterError(NapariSamError, ValueError):
     """A setting has an invalid value or combination (e.g. automatic segmentation options)."""
+
+
+class InvalidSequenceError(InvalidImageError):
+    """A frame sequence (time-lapse or z-stack) is unusable: one frame, frames of different shapes, no frames."""
+
+
+class TrackingError(NapariSamError, RuntimeError):
+    """A tracking request cannot be served as asked (e.g. propagation before any object has a prompt)."""

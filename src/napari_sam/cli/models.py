@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         print(path)
         return 0
     print(f"cache folder: {weights_cache.cache_dir()}")
-    for e in zoo.list_models(include_unavailable=args.all):
+    for e in zoo.list_models(include_unavailable=args.all, families=("sam", "sam2")):
         where = "bundled" if e.bundled else (e.url or "")
-        print(f"{e.name:24s} {e.architecture:6s} {e.description}  [{where}]")
+        print(f"{e.name:24s} {e.architecture:18s} {e.description}  [{where}]")
     return 0

@@ -19,6 +19,11 @@ never computed here):
   micro-sam's current registry (``micro_sam/v1/util.py``). xxh128 can only be
   checked when the optional ``xxhash`` package is installed; otherwise these
   files are verified only by loading them strictly into the architecture.
+- ``sam2.1_hiera_*``: Meta's SAM 2.1 checkpoints; URLs as in Meta's
+  ``checkpoints/download_ckpts.sh`` (facebookresearch/sam2, SAM2p1_BASE_URL) and in
+  micro-sam's development branch (``micro_sam/v2/util.py``, ``URLS``); sha256 as
+  recorded in micro-sam's ``micro_sam/v2/util.py`` (``HASHES``); the tiny file's
+  sha256 and size (156,008,466 bytes) are also pinned by several independent projects.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class ModelEntry:
     """
 
     name: str
-    architecture: str  # vit_b, vit_l, vit_h, vit_t or tiny
+    architecture: str  # vit_b, vit_l, vit_h, vit_t, tiny or a SAM 2.1 preset (sam2.1_hiera_*)
     description: str
     source: str
     license: str
@@ -59,6 +64,11 @@ class ModelEntry:
     size: int | None = None  # bytes
     bundled: bool = False
     package_path: str | None = None
+
+    @property
+    def family(self) -> str:
+        """``"sam"`` (SAM 1: SamPredictor, the widgets) or ``"sam2"`` (SAM 2.1: the SAM 2 predictors)."""
+        return "sam2" if self.architecture.startswith("sam2") else "sam"
 
     @property
     def available(self) -> bool:
@@ -72,6 +82,8 @@ _MICRO_SAM = (
     "github.com/computational-cell-analytics/micro-sam; BioImage.IO model"
 )
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_META2 = "Meta AI, SAM 2 (Ravi et al. 2024), github.com/facebookresearch/sam2"
+_SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
 
 
@@ -130,6 +142,23 @@ _ENTRIES = (
                "mitochondria, nuclei and other organelles in electron microscopy"),
     _micro_sam("vit_t_em_organelles", "vit_t", "greedy-whale", "1", "253474720c497cce605e57c9b1d18fd9",
                "mitochondria, nuclei and other organelles in electron microscopy"),
+    *(
+        ModelEntry(
+            f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}",
+            f"SAM 2.1, Hiera-{label} encoder ({params} parameters), with video memory",
+            _META2, "Apache-2.0",
+            url=f"{_SAM2_BASE}/sam2.1_hiera_{size}.pt",
+            filename=f"sam2.1_hiera_{size}.pt",
+            known_hash=f"sha256:{sha}",
+            size=nbytes,
+        )
+        for size, label, params, sha, nbytes in (
+            ("tiny", "T", "39M", "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),
+            ("small", "S", "46M", "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", None),
+            ("base_plus", "B+", "81M", "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", None),
+            ("large", "L", "224M", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", None),
+        )
+    ),
     ModelEntry(
         "tiny", "tiny", "napari-sam's small bundled model (256 px input), for quick tries and tests",
         "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt",
@@ -140,13 +169,15 @@ _ENTRIES = (
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
 
-def list_models(include_unavailable: bool = False) -> list[ModelEntry]:
-    """The zoo's entries, in registry order.
+def list_models(include_unavailable: bool = False, families: tuple[str, ...] = ("sam",)) -> list[ModelEntry]:
+    """The zoo's entries of the given families, in registry order.
 
-    Bundled entries whose file is missing from this installation are left out
-    unless ``include_unavailable`` is true.
+    By default the SAM 1 models (what ``SamPredictor`` and the widgets run); pass
+    ``families=("sam", "sam2")`` for the SAM 2.1 checkpoints too. Bundled entries
+    whose file is missing from this installation are left out unless
+    ``include_unavailable`` is true.
     """
-    return [e for e in REGISTRY.values() if include_unavailable or e.available]
+    return [e for e in REGISTRY.values() if e.family in families and (include_unavailable or e.available)]
 
 
 DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
@@ -177,7 +208,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return REGISTRY[name]
     except KeyError:
-        known = ", ".join(e.name for e in list_models())
+        known = ", ".join(e.name for e in list_models(families=("sam", "sam2")))
         raise UnknownModelError(
             f"Unknown model {name!r}: it is neither a model of the zoo nor an existing file. "
             f"Known models: {known}."

@@ -100,7 +100,9 @@ def memory_conditioned_features(
         memories.append(ptrs)
         memory_pos.append(ptr_pos)
         n_ptr_tokens = ptrs.shape[1]
-    memory = torch.cat(memories, dim=1)
+    # float32 memory: the stored bfloat16 memories are exact in it (Meta's concatenation with the float32
+    # pointers promotes them the same way; without pointers its CPU path fails on the dtype mismatch)
+    memory = torch.cat([x.float() for x in memories], dim=1)
     memory_pos = torch.cat(memory_pos, dim=1)
     curr = vis.flatten(2).transpose(1, 2)
     curr_pos = feats.pos.flatten(2).transpose(1, 2)
