@@ -174,7 +174,7 @@ def test_bad_input(tmp_path, ours, jpeg_sequence):
         ours.add_new_points_or_box(st, T, obj_id=1, points=[[10, 10]], labels=[1])
     with pytest.raises(InvalidPromptError, match="outside the sequence"):
         ours.add_new_mask(st, -1, obj_id=1, mask=np.zeros((H, W), bool))
-    with pytest.raises(InvalidPromptError, match="points or a box"):
+    with pytest.raises(InvalidPromptError, match="or a box"):
         ours.add_new_points_or_box(st, 0, obj_id=1)
     with pytest.raises(InvalidPromptError, match="labels"):
         ours.add_new_points_or_box(st, 0, obj_id=1, points=[[10, 10]], labels=[5])
