@@ -150,3 +150,13 @@ def test_zoo_lists_the_four_sam2_checkpoints_apart(sam2_file, monkeypatch):
     assert isinstance(model, SAM2Model)
     with pytest.raises(CheckpointError, match="does not fit"):
         napari_sam.load_model("sam2.1_hiera_small", device="cpu")
+
+
+def test_sam1_tools_refuse_a_sam2_model_clearly(sam2_file):
+    """A SAM 2.1 file loaded where SAM 1 is run (SamPredictor, Segmenter, the widgets) gets a clear error."""
+    import napari_sam
+    from napari_sam.errors import InvalidParameterError
+
+    model = napari_sam.load_model(sam2_file, device="cpu")
+    with pytest.raises(InvalidParameterError, match="SAM2ImagePredictor"):
+        napari_sam.SamPredictor(model)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import ImageNotSetError, InvalidImageError, InvalidPromptError
+from ...errors import ImageNotSetError, InvalidImageError, InvalidPromptError, InvalidParameterError
 from ...model.mask_decoder import upscale_masks
 from ...model.sam import Sam
 from ...model.transforms import ResizeLongestSide
@@ -57,6 +57,13 @@ class SamPredictor:
             compile: compile the image encoder with ``torch.compile`` on first use (opt-in; ``None``
                 reads ``NAPARI_SAM_COMPILE=1``). Falls back to eager with a warning if compiling fails.
         """
+        from ...model.sam2 import SAM2Model
+
+        if isinstance(sam_model, SAM2Model):
+            raise InvalidParameterError(
+                f"{sam_model.cfg.name} is a SAM 2.1 model: use napari_sam.SAM2ImagePredictor (or "
+                f"SAM2VideoPredictor) for it; SamPredictor and the napari-sam tools run SAM 1 models."
+            )
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.precision = resolve_precision(
