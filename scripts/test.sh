@@ -31,6 +31,10 @@ echo "== installing napari-sam-lab with its test extras"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test]"
+# Meta's SAM 2.1 reference for the parity tests (an sdist: built here without its CUDA extension,
+# against the torch already installed; the parity tests skip when it is missing).
+SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation "sam2==1.1.0" hydra-core iopath \
+  || echo "warning: could not install Meta's sam2; the SAM 2.1 parity tests will be skipped"
 
 # 3. The suite (pytest-xvfb starts a virtual display for the session), on PyQt6, the Qt binding
 #    napari recommends (napari and pytest-qt would otherwise each pick a binding of their own

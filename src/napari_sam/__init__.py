@@ -10,6 +10,9 @@ torch only when a model-related name is first used. Public names:
 - ``SamAutomaticMaskGenerator(model, ..., options=None)``: automatic instance segmentation.
 - ``InferenceOptions.resolve(device, precision, compile)``: how a model runs, handed to
   whatever runs it (the predictor owns one; ``Segmenter.options``).
+- ``build_sam2(model_type, checkpoint=None)``: a SAM 2.1 model (``load_model`` also reads SAM 2.1 files).
+- ``SAM2ImagePredictor(model)``: Meta's SAM 2 image API (``set_image`` / ``predict``).
+- ``SAM2VideoPredictor(model)``: Meta's SAM 2 video API over lazily read frames.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ _LAZY = {
     "Segmenter": "napari_sam.engine.prediction.segmenter",
     "SamAutomaticMaskGenerator": "napari_sam.engine.automatic.amg",
     "InferenceOptions": "napari_sam.engine.models.device",
+    "build_sam2": "napari_sam.model.sam2.build",
+    "SAM2ImagePredictor": "napari_sam.engine.sam2.image_predictor",
+    "SAM2VideoPredictor": "napari_sam.engine.sam2.video_predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

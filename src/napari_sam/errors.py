@@ -77,5 +77,15 @@ class ConcurrentUseError(NapariSamError, RuntimeError):
 class InvalidOutputError(NapariSamError, ValueError):
     """An output path that cannot be used: it is or overlaps the input, its folder is missing,
     or its suffix names a format napari-sam does not write."""
+
+
 class NoDecoderError(NapariSamError, ValueError):
     """Automatic segmentation with an instance decoder was asked of a model that has none."""
+
+
+class InvalidSequenceError(InvalidImageError):
+    """A frame sequence (time-lapse or z-stack) is unusable: one frame, frames of different shapes, no frames."""
+
+
+class TrackingError(NapariSamError, RuntimeError):
+    """A tracking request cannot be served as asked (e.g. propagation before any object has a prompt)."""

@@ -21,11 +21,11 @@ def run(args: argparse.Namespace) -> int:
         print(path)
         return 0
     print(f"cache folder: {weights_cache.cache_dir()}")
-    print(f"{'name':24s} {'arch':6s} {'decoder':8s} description  [source]")
-    for e in zoo.list_models(include_unavailable=args.all):
+    print(f"{'name':24s} {'arch':18s} {'decoder':8s} description  [source]")
+    for e in zoo.list_models(include_unavailable=args.all, families=("sam", "sam2")):
         where = "bundled" if e.bundled else (e.url or "")
         decoder = "yes" if e.decoder is not None else "-"
-        print(f"{e.name:24s} {e.architecture:6s} {decoder:8s} {e.description}  [{where}]")
+        print(f"{e.name:24s} {e.architecture:18s} {decoder:8s} {e.description}  [{where}]")
     print(
         "decoder 'yes': the model comes with a trained instance decoder (fetched with it) and segments "
         "automatically in one pass; the others segment automatically with grid prompts."

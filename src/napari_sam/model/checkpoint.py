@@ -116,7 +116,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name the architecture a state dict was written for (vit_b/l/h/t or tiny), or ``"unknown"``."""
+    """Name the architecture a state dict was written for (vit_b/l/h/t, tiny, a SAM 2.1 preset), or ``"unknown"``."""
+    if "image_encoder.trunk.pos_embed" in state_dict:
+        from .sam2.config import guess_sam2_type
+
+        return guess_sam2_type(state_dict)
     if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
         return "vit_t"
     pos = state_dict.get("image_encoder.pos_embed")
@@ -141,6 +145,11 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], mo
     )
     if missing or unexpected or wrong_shape:
         guess = guess_model_type(state_dict)
+        if guess.startswith("sam2"):
+            raise CheckpointError(
+                f"This is a SAM 2.1 checkpoint ({guess!r}), not a {model_type!r} SAM 1 model. Load it with "
+                f"napari_sam.load_model (which recognises SAM 2.1 files) or napari_sam.model.sam2.build_sam2."
+            )
         parts = [f"The checkpoint does not fit a {model_type!r} model (it looks like {guess!r})."]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if keys:

@@ -39,7 +39,10 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between (keys ``layers.{i}``)."""
+    """``num_layers`` linear layers with an activation between (keys ``layers.{i}``).
+
+    ReLU by default (SAM's heads); SAM 2's Hiera blocks pass ``act=nn.GELU``.
+    """
 
     def __init__(
         self,
@@ -48,17 +51,19 @@ class MLP(nn.Module):
         output_dim: int,
         num_layers: int,
         sigmoid_output: bool = False,
+        act: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
         self.sigmoid_output = sigmoid_output
+        self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < last:
-                x = torch.relu(x)
+                x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x

@@ -30,6 +30,11 @@ never computed here):
   packages' ``vit_*_decoder.pt`` for the light- and electron-microscopy models,
   owncloud shares for histopathology and medical imaging; each xxh128-hashed.
   ``load_model`` fetches an entry's decoder beside its encoder.
+- ``sam2.1_hiera_*``: Meta's SAM 2.1 checkpoints; URLs as in Meta's
+  ``checkpoints/download_ckpts.sh`` (facebookresearch/sam2, SAM2p1_BASE_URL) and in
+  micro-sam's development branch (``micro_sam/v2/util.py``, ``URLS``); sha256 as
+  recorded in micro-sam's ``micro_sam/v2/util.py`` (``HASHES``); the tiny file's
+  sha256 and size (156,008,466 bytes) are also pinned by several independent projects.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ class ModelEntry:
     """
 
     name: str
-    architecture: str  # vit_b, vit_l, vit_h, vit_t or tiny
+    architecture: str  # vit_b, vit_l, vit_h, vit_t, tiny or a SAM 2.1 preset (sam2.1_hiera_*)
     description: str
     source: str
     license: str
@@ -91,6 +96,11 @@ class ModelEntry:
     bundled: bool = False
     package_path: str | None = None
     decoder: DecoderFile | None = None  # trained instance decoder for automatic segmentation
+
+    @property
+    def family(self) -> str:
+        """``"sam"`` (SAM 1: SamPredictor, the widgets) or ``"sam2"`` (SAM 2.1: the SAM 2 predictors)."""
+        return "sam2" if self.architecture.startswith("sam2") else "sam"
 
     @property
     def available(self) -> bool:
@@ -104,6 +114,8 @@ _MICRO_SAM = (
     "github.com/computational-cell-analytics/micro-sam; BioImage.IO model"
 )
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_META2 = "Meta AI, SAM 2 (Ravi et al. 2024), github.com/facebookresearch/sam2"
+_SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
 
 
@@ -233,6 +245,23 @@ _ENTRIES = (
     _owncloud("vit_b_medical_imaging", "vit_b", "f5Ol4FrjPQWfjUF", "40169f1e3c03a4b67bff58249c176d92",
               "medical images (CT, MRI, X-ray, ultrasound, ...)", _MEDICO_SAM,
               "ahd3ZhZl2e0RIwz", "9e498b12f526f119b96c88be76e3b2ed"),
+    *(
+        ModelEntry(
+            f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}",
+            f"SAM 2.1, Hiera-{label} encoder ({params} parameters), with video memory",
+            _META2, "Apache-2.0",
+            url=f"{_SAM2_BASE}/sam2.1_hiera_{size}.pt",
+            filename=f"sam2.1_hiera_{size}.pt",
+            known_hash=f"sha256:{sha}",
+            size=nbytes,
+        )
+        for size, label, params, sha, nbytes in (
+            ("tiny", "T", "39M", "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),
+            ("small", "S", "46M", "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", None),
+            ("base_plus", "B+", "81M", "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", None),
+            ("large", "L", "224M", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", None),
+        )
+    ),
     ModelEntry(
         "tiny", "tiny", "napari-sam's small bundled model (256 px input), for quick tries and tests",
         "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt",
@@ -243,13 +272,15 @@ _ENTRIES = (
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
 
-def list_models(include_unavailable: bool = False) -> list[ModelEntry]:
-    """The zoo's entries, in registry order.
+def list_models(include_unavailable: bool = False, families: tuple[str, ...] = ("sam",)) -> list[ModelEntry]:
+    """The zoo's entries of the given families, in registry order.
 
-    Bundled entries whose file is missing from this installation are left out
-    unless ``include_unavailable`` is true.
+    By default the SAM 1 models (what ``SamPredictor`` and the widgets run); pass
+    ``families=("sam", "sam2")`` for the SAM 2.1 checkpoints too. Bundled entries
+    whose file is missing from this installation are left out unless
+    ``include_unavailable`` is true.
     """
-    return [e for e in REGISTRY.values() if include_unavailable or e.available]
+    return [e for e in REGISTRY.values() if e.family in families and (include_unavailable or e.available)]
 
 
 DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
@@ -298,7 +329,7 @@ def get_entry(name: str) -> ModelEntry:
         return entry
     close = _close_names(name)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    known = ", ".join(e.name for e in list_models())
+    known = ", ".join(e.name for e in list_models(families=("sam", "sam2")))
     raise UnknownModelError(
         f"Unknown model {name!r}: it is neither a model of the zoo nor an existing file.{hint} "
         f"Known models: {known}."
@@ -379,6 +410,23 @@ def _check_architecture(state: dict, model_type: str, source: str) -> None:
         )
 
 
+def _build_sam2(state: dict, model_type: str | None, source: str, device):
+    """A SAM 2.1 model from its tensors; a SAM 1 file or a mismatched size gets a CheckpointError."""
+    from ...model.sam2 import build_sam2
+    from .device import resolve_device
+
+    try:
+        return build_sam2(model_type, state, device=resolve_device(device))
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
+def _is_sam2_type(model_type: str | None) -> bool:
+    from ...model.sam2.config import SAM2_ALIASES, SAM2_PRESETS
+
+    return model_type is not None and (model_type in SAM2_PRESETS or model_type in SAM2_ALIASES)
+
+
 def _build(state: dict, model_type: str, source: str, device):
     from ...model import build_sam
     from ...model.checkpoint import load_into
@@ -421,8 +469,9 @@ def load_model(
 
     Returns:
         A :class:`~napari_sam.model.Sam` in eval mode on the chosen device;
-        ``model.instance_decoder`` is the attached decoder or ``None``. The precision it
-        runs in is chosen where it runs (``SamPredictor``/``Segmenter``/... ``precision=``).
+        ``model.instance_decoder`` is the attached decoder or ``None``; or a
+        :class:`~napari_sam.model.sam2.SAM2Model` for a SAM 2.1 file or zoo entry. The precision
+        it runs in is chosen where it runs (``SamPredictor``/``Segmenter``/... ``precision=``).
 
     Raises:
         UnknownModelError: neither a zoo name nor an existing file.
@@ -435,6 +484,8 @@ def load_model(
         if model_type is not None and model_type != arch:
             raise CheckpointError(f"Zoo model {entry.name!r} is a {arch!r} model, not {model_type!r}.")
         state = _read_zoo_weights(entry, progressbar)
+        if _is_sam2_type(arch):
+            return _build_sam2(state, arch, f"Zoo model {entry.name!r}", device)
         model = _build(state, arch, f"Zoo model {entry.name!r}", device)
         if decoder is not None:
             instance_decoders.load_local_decoder(decoder, model)
@@ -450,6 +501,10 @@ def load_model(
 
     raw = load_weights_only(path)
     state = unwrap_state_dict(raw, source=f"Checkpoint {path}")
+    from ...model.sam2 import is_sam2_state_dict
+
+    if _is_sam2_type(model_type) or (model_type is None and is_sam2_state_dict(state)):
+        return _build_sam2(state, model_type, f"Checkpoint {path}", device)
     if model_type is None:
         from ...model import guess_model_type
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ...errors import DeviceError, ImageNotSetError, InvalidImageError, InvalidPromptError
+from ...errors import DeviceError, ImageNotSetError, InvalidImageError, InvalidParameterError, InvalidPromptError
 from ...model.mask_decoder import upscale_masks
 from ...model.sam import Sam
 from ...model.transforms import ResizeLongestSide
@@ -73,6 +73,13 @@ class SamPredictor:
             options: resolved :class:`~napari_sam.engine.models.device.InferenceOptions` instead of
                 ``precision``/``compile`` (their device must be the model's).
         """
+        from ...model.sam2 import SAM2Model
+
+        if isinstance(sam_model, SAM2Model):
+            raise InvalidParameterError(
+                f"{sam_model.cfg.name} is a SAM 2.1 model: use napari_sam.SAM2ImagePredictor (or "
+                f"SAM2VideoPredictor) for it; SamPredictor and the napari-sam tools run SAM 1 models."
+            )
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         if options is None:

@@ -1,0 +1,23 @@
+"""Random SAM 2.1 weights for tests (no reference package needed)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def perturbed_sam2_state(name: str = "sam2.1_hiera_tiny", seed: int = 0, scale: float = 0.02) -> dict:
+    """A random SAM 2.1 state dict with every float tensor perturbed (many initialise to zero)."""
+    from napari_sam.model.sam2 import build_sam2
+
+    torch.manual_seed(seed)
+    model = build_sam2(name)
+    g = torch.Generator().manual_seed(seed + 1)
+    out = {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            v = v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        out[k] = v.clone()
+    # a positive object-score bias: with random weights the occlusion head would otherwise often
+    # call the object absent and every mask would be empty (parity would hold trivially)
+    out["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] = torch.full((1,), 2.0)
+    return out
