@@ -80,3 +80,21 @@ def cells_image() -> tuple[np.ndarray, np.ndarray]:
     img = gaussian((labels > 0).astype(float), 2) * 3000 + 200
     img = rng.poisson(img).astype(np.uint16)
     return img, labels
+
+
+@pytest.fixture()
+def otsu_model(monkeypatch):
+    """The default SAM slice segmenter replaced by a classical one (a command's plumbing is under test);
+    yields the list of specs it was built from."""
+    from napari_sam.engine.automatic import slice_segmenter
+
+    built = []
+
+    def build(self):
+        built.append(self)
+        return slice_segmenter.otsu_labels
+
+    monkeypatch.setattr(slice_segmenter.SliceSegmenterSpec, "build", build)
+    slice_segmenter._CACHE.clear()
+    yield built
+    slice_segmenter._CACHE.clear()

@@ -14,23 +14,7 @@ import tifffile
 import torch
 
 from napari_sam.cli import main
-from napari_sam.engine.automatic import slice_segmenter
 from reference_models import two_disc_stack  # noqa: E402
-
-
-@pytest.fixture()
-def otsu_model(monkeypatch):
-    """The default SAM slice segmenter replaced by a classical one (the command's plumbing is under test)."""
-    built = []
-
-    def build(self):
-        built.append(self)
-        return slice_segmenter.otsu_labels
-
-    monkeypatch.setattr(slice_segmenter.SliceSegmenterSpec, "build", build)
-    slice_segmenter._CACHE.clear()
-    yield built
-    slice_segmenter._CACHE.clear()
 
 
 def _one_error_line(err: str) -> str:

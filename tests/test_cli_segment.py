@@ -8,29 +8,12 @@ import tifffile
 import zarr
 
 from napari_sam.cli import main
-from napari_sam.engine.automatic import slice_segmenter
 from napari_sam.engine.batch.run import open_labels
-from napari_sam.engine.automatic.slice_segmenter import otsu_labels
 from reference_models import two_disc_stack  # noqa: E402
 
 
 def _stack(n_z=4, shape=(40, 48)):
     return two_disc_stack(n_z, shape)
-
-
-@pytest.fixture()
-def otsu_model(monkeypatch):
-    """Make the default SAM slice segmenter a classical one (fast; the command's plumbing is under test)."""
-    built = []
-
-    def build(self):
-        built.append(self)
-        return otsu_labels
-
-    monkeypatch.setattr(slice_segmenter.SliceSegmenterSpec, "build", build)
-    slice_segmenter._CACHE.clear()
-    yield built
-    slice_segmenter._CACHE.clear()
 
 
 def test_tiff_in_tiff_out(tmp_path, otsu_model, capsys):
