@@ -11,14 +11,15 @@ drives it; so can the console::
     ctl.add_point((120, 80))          # (row, col) on the displayed slice
     ctl.accept()                      # -> the new label id
 
-Threading: the controller never starts threads. Embedding a slice is offered
-as a progress generator (:meth:`embedding_job`) for the widget to run in a
-worker; a console call that needs an embedding computes it inline. Decoder
-predictions run on the calling (GUI) thread: a few ms for the tiny model, ~25 ms for vit_b
-on a 2-thread CPU (benchmarks/bench_engine.py, plus a few ms of plugin work); moving them to a
-worker would add latency and ordering problems for no gain at these sizes. A lock guards the
-Segmenter (:meth:`SamController.busy`); a prediction that finds it busy (an embedding running)
-is deferred until the embedding finishes instead of waiting.
+Threading: embedding a slice is offered as a progress generator (:meth:`embedding_job`)
+for the widget to run in a worker; a console call that needs an embedding computes it inline.
+Decoder predictions are shown on the calling (GUI) thread: a few ms for the tiny model, tens of
+ms for vit_b on a 2-thread CPU. The one thread the controller starts is click-ahead
+(:mod:`.click_ahead`): a mouse press on the Points layer starts the decode of the click it will
+become, so that it overlaps napari's own handling of the click; the data event then takes that
+answer only if the prompts match exactly. A lock guards the Segmenter
+(:meth:`SamController.busy`); a prediction that finds it busy (an embedding running) is
+deferred until the embedding finishes instead of waiting.
 
 The embedding bookkeeping lives in :mod:`.embedding_jobs`, the commit undo/redo stacks in
 :mod:`.commit_history`, picking a committed label back up in :mod:`.label_edit`, the Labels
@@ -39,6 +40,7 @@ import numpy as np
 from ..engine.progress import Progress, run_blocking
 from ..errors import ImageNotSetError, InvalidPromptError, NapariSamError
 from . import labels_io, layer_data, own_layers, prompt_layers
+from .click_ahead import ClickAhead, prompts_after_click
 from .commit_history import CommitHistory
 from .embedding_jobs import EmbeddingJobs, EmbeddingResult
 from .label_edit import LabelEdit, pick_up, predict_prompts
@@ -86,6 +88,7 @@ class SamController:
         self._edit: LabelEdit | None = None  # the committed object being corrected
         self._lock = threading.Lock()  # guards the Segmenter; public as busy()
         self._jobs = EmbeddingJobs(self._lock)
+        self._ahead = ClickAhead(self._lock)
         self._muted = False
         self._last_key: tuple[int, ...] | None = None
         self._polarity: prompt_layers.PolarityClicks | None = None
@@ -268,11 +271,39 @@ class SamController:
             if self._polarity is None:
                 self._polarity = prompt_layers.PolarityClicks()
             layer.mouse_drag_callbacks.insert(0, self._polarity)
+            layer.mouse_drag_callbacks.insert(1, self._decode_ahead)
             self.points_layer = viewer.add_layer(layer)
             self.points_layer.events.data.connect(self._on_prompts_changed)
             self._bind_keys(self.points_layer)
             self.points_layer.mode = "add"
         viewer.layers.selection.active = self.points_layer
+
+    def _decode_ahead(self, layer: Any, event: Any) -> None:
+        """Mouse press on the Points layer in add mode: start decoding the click it will become."""
+        if getattr(event, "type", None) != "mouse_press" or str(getattr(layer, "mode", "")) != "add":
+            return
+        if getattr(event, "button", 1) != 1 or self._muted or self.segmenter is None or self.image_layer is None:
+            return
+        try:
+            key = self.current_key()
+            seg = self.segmenter
+            if layer is not self.points_layer or not seg.has_embedding(key or None):
+                return
+            positive = bool(np.asarray(layer.feature_defaults[prompt_layers.POSITIVE])[0])
+            p = prompts_after_click(layer, self.boxes_layer, self.image_layer, key,
+                                    layer.world_to_data(event.position), positive)
+            if p is None:
+                return
+            edit = self._edit if self._edit is not None and self._edit.key == key else None
+        except NapariSamError:
+            return  # the click itself reports the problem when it lands
+
+        def decode():
+            pred = predict_prompts(seg, p, key, edit)
+            pred.masks[pred.best]  # upscale the candidate that will be shown, off the GUI thread too
+            return pred
+
+        self._ahead.start(decode, seg, p, key, edit)
 
     def _bind_keys(self, layer: Any) -> None:
         from .keys import bind_controller_keys
@@ -388,18 +419,20 @@ class SamController:
                 self._jobs.pending = False
                 self._show(key, edit.mask if edit else None)
                 return self.current_mask()
-            if not self.segmenter.has_embedding(key or None) or not self._lock.acquire(blocking=False):
-                self._jobs.pending = True
-                self._status("Embedding the image; the preview follows when it is done.")
-                self._request_embedding_if_needed()
-                return None
-            try:
-                self._jobs.pending = False
-                t0 = time.perf_counter()
-                pred = predict_prompts(self.segmenter, p, key, edit)
-                self.last_predict_seconds = time.perf_counter() - t0
-            finally:
-                self._lock.release()
+            t0 = time.perf_counter()
+            pred = self._ahead.take(self.segmenter, p, key, edit)
+            if pred is None:
+                if not self.segmenter.has_embedding(key or None) or not self._lock.acquire(blocking=False):
+                    self._jobs.pending = True
+                    self._status("Embedding the image; the preview follows when it is done.")
+                    self._request_embedding_if_needed()
+                    return None
+                try:
+                    pred = predict_prompts(self.segmenter, p, key, edit)
+                finally:
+                    self._lock.release()
+            self._jobs.pending = False
+            self.last_predict_seconds = time.perf_counter() - t0
         except NapariSamError as e:
             self._show(None, None)
             if raise_errors:
@@ -516,4 +549,5 @@ class SamController:
         if viewer is not None:
             viewer.dims.events.current_step.disconnect(self._on_step)
             viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self._ahead.close()
         self._jobs.invalidate()

@@ -121,7 +121,7 @@ def add_point(layer: Any, data_coords: Any, positive: bool = True) -> None:
     layer.add(np.asarray(data_coords, dtype=np.float64)[None])
 
 
-def _on_slice(coords: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
+def on_slice(coords: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
     """(N,) bool: rows of (N, D) coords whose leading D-2 coordinates round to ``key``."""
     if not key:
         return np.ones(len(coords), dtype=bool)
@@ -140,7 +140,7 @@ def read_prompts(points_layer: Any, boxes_layer: Any, image_layer: Any, key: tup
             pos = np.asarray(feats[POSITIVE], dtype=bool)
         else:
             pos = np.ones(len(coords), dtype=bool)
-        keep = _on_slice(coords, key)
+        keep = on_slice(coords, key)
         pts = coords[keep][:, -2:]
         labels = pos[keep].astype(np.int64)
     box = None
@@ -149,7 +149,7 @@ def read_prompts(points_layer: Any, boxes_layer: Any, image_layer: Any, key: tup
             if kind != "rectangle":
                 continue
             coords = layer_to_layer(boxes_layer, image_layer, verts)
-            if not _on_slice(coords, key).all():
+            if not on_slice(coords, key).all():
                 continue
             rc = coords[:, -2:]
             box = np.concatenate([rc.min(axis=0), rc.max(axis=0)])

@@ -206,6 +206,11 @@ class Segmenter:
             self._generation += 1
             self._set_by.generation = self._generation
 
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every ``set_image`` and ``set_tiling``: equal values mean the same image."""
+        return self._generation
+
     def _check_own_image(self) -> None:
         """Refuse to answer a thread whose own image was replaced by another thread (call under the lock)."""
         mine = getattr(self._set_by, "generation", None)

@@ -1,0 +1,108 @@
+"""Click-ahead in a real viewer: a mouse press starts the decode, the click uses it only when the
+prompts match exactly, and the preview is always the plain decode of the layer's prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_sam import SamPredictor  # noqa: E402
+from napari_sam.samples import synthetic_cells  # noqa: E402
+
+
+@dataclass
+class MouseEvent:
+    """What napari's mouse callbacks read from a vispy mouse event."""
+
+    type: str
+    position: tuple
+    pos: np.ndarray
+    modifiers: tuple = ()
+    button: int = 1
+    is_dragging: bool = False
+    handled: bool = False
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    view_direction: tuple | None = None
+    up_direction: tuple | None = None
+
+
+def mouse_click(layer, press_rc, release_rc=None, modifiers=()):
+    """Press at ``press_rc`` and release at ``release_rc`` (world (row, col)) through napari's callbacks."""
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    release_rc = press_rc if release_rc is None else release_rc
+    for kind, rc in (("mouse_press", press_rc), ("mouse_release", release_rc)):
+        ev = MouseEvent(kind, tuple(float(v) for v in rc), np.asarray(rc, float)[::-1] * 0, tuple(modifiers))
+        fn = mouse_press_callbacks if kind == "mouse_press" else mouse_release_callbacks
+        fn(layer, ReadOnlyWrapper(ev, exceptions=("handled",)))
+
+
+@pytest.fixture()
+def viewer_ctl(make_napari_viewer, monkeypatch, tiny_model):
+    import napari_sam.widgets.main_widget as mw
+
+    monkeypatch.setattr(mw, "_default_model", lambda: None)
+    monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
+    viewer = make_napari_viewer()
+    img, truth = synthetic_cells((180, 220), n_cells=8, seed=3)
+    viewer.add_image(img, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
+    widget.set_model(tiny_model, name="tiny-random", precision="fp32")
+    ctl = widget.controller
+    ctl.ensure_prompt_layers()
+    ctl.embed_now()
+    return ctl, img, truth
+
+
+def _plain(tiny_model, img, points, labels):
+    p = SamPredictor(tiny_model, precision="fp32")
+    p.set_image(img)
+    masks, scores, _ = p.predict(np.asarray(points, float)[:, ::-1], np.asarray(labels),
+                                 multimask_output=len(points) == 1)
+    return masks[int(np.argmax(scores))]
+
+
+def test_press_decodes_ahead_and_the_click_uses_it(viewer_ctl, tiny_model):
+    ctl, img, truth = viewer_ctl
+    rows, cols = np.nonzero(truth)
+    a, b = (rows[10], cols[10]), (rows[-10], cols[-10])
+    mouse_click(ctl.points_layer, a)
+    assert len(ctl.points_layer.data) == 1
+    assert (ctl._ahead.used, ctl._ahead.discarded) == (1, 0)
+    np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
+    np.testing.assert_array_equal(ctl.preview_layer.data > 0, ctl.current_mask())
+    # a second, negative click (Control held): polarity and the earlier point are part of the prompts
+    mouse_click(ctl.points_layer, b, modifiers=("Control",))
+    assert ctl._ahead.used == 2
+    assert list(ctl.prompts().labels) == [1, 0]
+    np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a, b], [1, 0]))
+
+
+def test_release_elsewhere_discards_the_answer_and_decodes_the_real_click(viewer_ctl, tiny_model):
+    ctl, img, truth = viewer_ctl
+    rows, cols = np.nonzero(truth)
+    press, release = (rows[5], cols[5]), (rows[5] + 1.5, cols[5] - 1.0)  # moved within napari's drag threshold
+    mouse_click(ctl.points_layer, press, release)
+    assert (ctl._ahead.used, ctl._ahead.discarded) == (0, 1)
+    np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [release], [1]))
+
+
+def test_busy_segmenter_is_not_used_ahead(viewer_ctl, tiny_model):
+    ctl, img, truth = viewer_ctl
+    rows, cols = np.nonzero(truth)
+    a = (rows[3], cols[3])
+    from napari.utils.interactions import mouse_press_callbacks  # noqa: F401  (napari present)
+
+    with ctl.busy():  # e.g. an embedding running: the press must not wait or decode
+        ctl._decode_ahead(ctl.points_layer, MouseEvent("mouse_press", a, np.zeros(2)))
+        assert ctl._ahead._pending is not None
+    # the answer computed ahead is None (lock busy): the click decodes normally
+    ctl.points_layer.add(np.asarray(a, float)[None])
+    assert (ctl._ahead.used, ctl._ahead.discarded) == (0, 1)
+    np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
