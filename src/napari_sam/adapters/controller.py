@@ -295,8 +295,8 @@ class SamController:
             if p is None:
                 return
             edit = self._edit if self._edit is not None and self._edit.key == key else None
-        except NapariSamError:
-            return  # the click itself reports the problem when it lands
+        except Exception:  # noqa: BLE001 - the look-ahead must never cost the click, which reports errors itself
+            return
 
         def decode():
             pred = predict_prompts(seg, p, key, edit)
