@@ -106,3 +106,18 @@ def test_busy_segmenter_is_not_used_ahead(viewer_ctl, tiny_model):
     ctl.points_layer.add(np.asarray(a, float)[None])
     assert (ctl._ahead.used, ctl._ahead.discarded) == (0, 1)
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
+
+
+def test_a_failing_look_ahead_never_costs_the_click(viewer_ctl, tiny_model, monkeypatch):
+    import napari_sam.adapters.controller as controller
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("look-ahead broke")
+
+    monkeypatch.setattr(controller, "prompts_after_click", broken)
+    ctl, img, truth = viewer_ctl
+    rows, cols = np.nonzero(truth)
+    a = (rows[7], cols[7])
+    mouse_click(ctl.points_layer, a)
+    assert len(ctl.points_layer.data) == 1 and ctl._ahead.used == 0
+    np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
