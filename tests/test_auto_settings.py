@@ -42,12 +42,13 @@ def test_the_generator_the_cli_and_the_widgets_share_the_defaults():
     from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
 
     params = inspect.signature(SamAutomaticMaskGenerator).parameters
-    for name, value in DEFAULTS.amg_kwargs().items():
+    for name, value in DEFAULTS.resolved(has_decoder=False).amg_kwargs().items():  # a model without its own values
         assert params[name].default == value, name
     args = build_parser().parse_args(["segment", "in.tif", "--out", "o.zarr"])
-    assert (args.points_per_side, args.pred_iou_thresh, args.stability_score_thresh, args.min_area) == (
-        BATCH_DEFAULTS.points_per_side, BATCH_DEFAULTS.pred_iou_thresh, BATCH_DEFAULTS.stability_score_thresh,
-        BATCH_DEFAULTS.min_mask_region_area)
+    assert args.points_per_side == BATCH_DEFAULTS.points_per_side
+    # thresholds and method: the model's unless given
+    assert (args.method, args.pred_iou_thresh, args.stability_score_thresh, args.min_area) == ("auto", None, None, None)
+    assert BATCH_DEFAULTS.method is None and BATCH_DEFAULTS.pred_iou_thresh is None
     # batch runs differ from the generator's defaults only in leaving out specks
     assert BATCH_DEFAULTS == replace(DEFAULTS, min_mask_region_area=BATCH_DEFAULTS.min_mask_region_area)
 

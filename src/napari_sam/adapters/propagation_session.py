@@ -35,8 +35,8 @@ class PropagationSession:
     Args:
         viewer: the napari viewer (its controller, if any, is looked up per run).
         predict_fn: optional ``(z, SlicePrompt) -> SlicePrediction`` used instead of SAM.
-        segment_slice: optional ``(image (H, W[, C])) -> (H, W) int labels`` instead of SAM's
-            automatic mask generator.
+        segment_slice: optional ``(image (H, W[, C])) -> (H, W) int labels`` instead of the model's
+            automatic segmentation.
         model: optional built ``Sam`` used instead of the picked model name.
     """
 
@@ -114,19 +114,20 @@ class PropagationSession:
 
     def segment_slice_automatically(self, image: Any, z: int, settings: AutoSettings,
                                     name: str | None) -> Callable[[], Generator[Progress, None, Any]]:
-        """A factory of the run returning (H, W) automatic labels of slice ``z`` (None when cancelled)."""
+        """A factory of the run returning (H, W) automatic labels of slice ``z`` (None when cancelled);
+        ``settings.method`` None: the model's decoder when it has one, else grid prompts."""
         self.stop_requested = False
 
         def run():
             if self.segment_slice is not None:
                 return np.asarray(self.segment_slice(np.asarray(layer_data.layer_array(image)[z])))
                 yield  # pragma: no cover  (a generator)
-            from ..engine.automatic.amg import SamAutomaticMaskGenerator  # imports torchvision: never at import
+            from ..engine.automatic.slice_segmenter import label_slice_steps  # heavy imports: never at import
 
             seg, busy = self.segmenter(image, name)
             with busy() if busy is not None else seg.lock:  # the main widget's model: never beside its clicks
-                amg = SamAutomaticMaskGenerator.from_settings(seg.model, settings, options=seg.options)
-                gen = amg.label_slice_iter(seg.read_slice(z), intensity_limits=seg.intensity_limits())
+                gen = label_slice_steps(seg.model, seg.read_slice(z), settings, model_name=name, options=seg.options,
+                                        intensity_limits=seg.intensity_limits())
                 return (yield from self._cancellable(gen, lambda: None))
 
         return run

@@ -1,7 +1,7 @@
 """``napari-sam segment``: automatic 3D instance segmentation of a whole z-stack.
 
-Every slice is segmented (SAM automatic mask generation), written as soon as it
-is done, and the 2D instances are linked across z into 3D labels. An
+Every slice is segmented (the model's instance decoder when it has one, else SAM
+automatic mask generation; ``--method``), written as soon as it is done, and the 2D instances are linked across z into 3D labels. An
 interrupted run resumes when started again with the same arguments (see
 :mod:`napari_sam.engine.batch.run`). A 2D image is treated as a stack of one slice.
 """
@@ -35,15 +35,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run slices on a Dask cluster (e.g. tcp://host:8786); the output must be on shared storage")
+    p.add_argument("--method", choices=["auto", "ais", "amg"], default="auto",
+                   help="ais: the model's trained instance decoder (fast; zoo models with a decoder, see "
+                        "'napari-sam models'); amg: a grid of point prompts (any model); auto (default): ais when "
+                        "the model has a decoder, else amg")
     p.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side,
-                   help="prompt grid of the automatic segmentation")
-    p.add_argument("--pred-iou-thresh", type=float, default=DEFAULTS.pred_iou_thresh,
-                   help="keep masks whose predicted IoU is above this (0 keeps all)")
-    p.add_argument("--stability-score-thresh", type=float, default=DEFAULTS.stability_score_thresh,
-                   help="keep masks at least this stable under a threshold shift (0 keeps all)")
-    p.add_argument("--min-area", type=int, default=DEFAULTS.min_mask_region_area, metavar="PIXELS",
-                   help="leave out objects smaller than this, and clean mask islands/holes smaller than this "
-                        "(0 keeps everything)")
+                   help=f"amg: prompt grid of the automatic segmentation (default: {DEFAULTS.points_per_side})")
+    p.add_argument("--pred-iou-thresh", type=float, default=None,
+                   help="amg: keep masks whose predicted IoU is above this (0 keeps all; default: the model's)")
+    p.add_argument("--stability-score-thresh", type=float, default=None,
+                   help="amg: keep masks at least this stable under a threshold shift (0 keeps all; "
+                        "default: the model's)")
+    p.add_argument("--center-distance-thresh", type=float, default=None,
+                   help="ais: seeds need a centre distance below this (default: the model's)")
+    p.add_argument("--boundary-distance-thresh", type=float, default=None,
+                   help="ais: seeds need a boundary distance below this (default: the model's)")
+    p.add_argument("--foreground-thresh", type=float, default=None,
+                   help="ais: foreground needs a probability above this (default: the model's)")
+    p.add_argument("--min-area", type=int, default=None, metavar="PIXELS",
+                   help="leave out objects smaller than this (0 keeps everything); amg also cleans mask "
+                        f"islands/holes smaller than this (default: the model's; {DEFAULTS.min_mask_region_area} "
+                        "for amg)")
     p.add_argument("--link-iou", type=float, default=0.3,
                    help="minimum IoU with the previous slice for an instance to continue a 3D object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,14 +70,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.automatic.settings import AutoSettings
     from ..engine.batch.run import segment_stack
+    from ..engine.models.auto_defaults import tiny_note
     from ..engine.progress import run_blocking
     from ..errors import BatchWriteError, InvalidPromptError
 
     settings = AutoSettings(  # checks every value (InvalidParameterError / InvalidImageError: exit code 2)
+        method=None if args.method == "auto" else args.method,
         points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh, min_mask_region_area=args.min_area,
+        stability_score_thresh=args.stability_score_thresh,
+        min_mask_region_area=DEFAULTS.min_mask_region_area if args.min_area is None else args.min_area,
+        center_distance_threshold=args.center_distance_thresh,
+        boundary_distance_threshold=args.boundary_distance_thresh,
+        foreground_threshold=args.foreground_thresh, min_size=args.min_area,
         tile_shape=None if args.tile is None else tuple(args.tile),
     )
+    note = tiny_note(args.model)
+    if note:
+        print(f"napari-sam: {note}", file=sys.stderr)
     if not 0 < args.link_iou <= 1:
         raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
     client = None

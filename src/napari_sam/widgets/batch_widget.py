@@ -18,7 +18,8 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ..errors import NapariSamError
-from ..engine.automatic.settings import DEFAULTS, AutoSettings
+from ..engine.automatic.settings import BATCH_DEFAULTS, DEFAULTS, AutoSettings
+from .auto_method import MethodChoice, TinyNote
 from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
@@ -27,7 +28,8 @@ READY = "ready: press 'Segment stack'"
 
 
 class BatchWidget(Container):
-    """Segment a whole stack (or a 2D image, as one slice) with SAM automatic masks.
+    """Segment a whole stack (or a 2D image, as one slice) automatically: with the model's instance
+    decoder or a grid of point prompts ("method"; auto = the decoder when the model has one).
 
     ``segment_slice``: optional ``(image) -> labels`` callable used instead of SAM
     (scripts and tests); None means the chosen model.
@@ -43,17 +45,21 @@ class BatchWidget(Container):
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self._picker = ModelPicker("model")
         self._model, self._model_file = self._picker.combo, self._picker.file
-        self._points = SpinBox(label="points per side", min=1, max=128, value=DEFAULTS.points_per_side)
+        self._method = MethodChoice()
+        self._points = SpinBox(label="points per side", min=1, max=128, value=DEFAULTS.points_per_side,
+                               tooltip="grid prompts (amg) only")
         self._output = FileEdit(label="output", mode="w", filter="*.zarr *.tif *.tiff",
                                 tooltip="a .zarr folder or a .tif file (empty: a temporary .zarr)")
         self._overwrite = CheckBox(text="overwrite existing output", value=False)
         self._run = PushButton(text="Segment stack")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status", value=PICK_IMAGE)
-        self.extend([self._image, self._model, self._model_file, self._points, self._output, self._overwrite,
-                     self._run, self._cancel, self._status])
+        self.extend([self._image, self._model, self._model_file, self._method, self._points, self._output,
+                     self._overwrite, self._run, self._cancel, self._status])
 
         self._picker.select_default()
+        self._note = TinyNote(self._model)
+        self.insert(self.index(self._model_file) + 1, self._note)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._image.changed.connect(self._idle_status)
@@ -115,8 +121,9 @@ class BatchWidget(Container):
         self._status.value = f"segmenting {layer.name} -> {output}"
         self._run.enabled, self._cancel.enabled = False, True
 
-
-        settings = None if self.segment_slice is not None else AutoSettings(points_per_side=int(self._points.value))
+        settings = None if self.segment_slice is not None else AutoSettings(
+            method=self._method.method(), points_per_side=int(self._points.value),
+            min_mask_region_area=BATCH_DEFAULTS.min_mask_region_area)
 
         def make_gen():
             return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),

@@ -1,7 +1,8 @@
 """Dock widget "Propagate in 3D": carry objects through z, and segment the displayed slice automatically.
 
 Runs :func:`napari_sam.engine.volumes.propagation.propagate` (seeds: the Labels layer's objects on the
-displayed slice) and :class:`~napari_sam.engine.automatic.amg.SamAutomaticMaskGenerator` (the displayed slice)
+displayed slice) and automatic segmentation of the displayed slice (the model's instance decoder or
+:class:`~napari_sam.engine.automatic.amg.SamAutomaticMaskGenerator`, as "auto: method" says)
 in napari workers (:mod:`napari_sam.widgets.workers`), on a copy of the target's (Z, H, W) data.
 When a run ends (or is cancelled: slices done so far are kept) the changed voxels are written on
 the GUI thread with ``Labels.data_setitem`` inside ``Labels.block_history()``: one Ctrl+Z undoes
@@ -23,6 +24,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
 from ..errors import InvalidImageError, NapariSamError
 from ..engine.automatic.settings import DEFAULTS, AutoSettings
+from .auto_method import MethodChoice, TinyNote
 from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
@@ -55,7 +57,9 @@ class PropagationWidget(Container):
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
         self._model = ModelPicker("model", extra=self._main_model, from_file=False).combo
-        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side)
+        self._method = MethodChoice("auto: method")
+        self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side,
+                               tooltip="grid prompts (amg) only")
         self._direction = ComboBox(label="from here", choices=list(DIRECTIONS), value="both")
         self._through = PushButton(text="Propagate object through z")
         self._from_here = PushButton(text="Propagate from here")
@@ -63,8 +67,10 @@ class PropagationWidget(Container):
         self._auto = PushButton(text="Segment this slice automatically")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status", value="pick a 3D image and a Labels layer")
-        self.extend([self._image, self._labels, self._object, self._model, self._points, self._direction, self._through,
-                     self._from_here, self._all, self._auto, self._cancel, self._status])
+        self._note = TinyNote(self._model)
+        self.extend([self._image, self._labels, self._object, self._model, self._note, self._method, self._points,
+                     self._direction, self._through, self._from_here, self._all, self._auto, self._cancel,
+                     self._status])
 
         self._status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
         self._select_default_model()
@@ -195,7 +201,7 @@ class PropagationWidget(Container):
             image, labels, z = self._layers_and_slice()
         except NapariSamError as e:
             return self._refuse(e)
-        settings = AutoSettings(points_per_side=int(self._points.value))
+        settings = AutoSettings(method=self._method.method(), points_per_side=int(self._points.value))
         make_gen = self.session.segment_slice_automatically(image, z, settings, self._model.value)
 
         def done(result):

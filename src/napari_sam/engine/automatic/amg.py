@@ -29,6 +29,7 @@ Image input: anything :func:`napari_sam.engine.images.normalize.to_uint8_rgb` ac
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from ...errors import InvalidImageError, InvalidParameterError
 from ...model.sam import Sam
 from .amg_grid import build_all_layer_point_grids, generate_crop_boxes
 from .label_image import clean_local_mask, paint_label_image
-from .settings import DEFAULTS, AutoSettings, check_amg_values
+from .settings import DEFAULTS, FALLBACK, AutoSettings, check_amg_values
 from .nms import box_nms
 from .mask_data import (
     MaskRecords,
@@ -95,8 +96,8 @@ class SamAutomaticMaskGenerator:
         model: Sam,
         points_per_side: int | None = DEFAULTS.points_per_side,
         points_per_batch: int = DEFAULTS.points_per_batch,
-        pred_iou_thresh: float = DEFAULTS.pred_iou_thresh,
-        stability_score_thresh: float = DEFAULTS.stability_score_thresh,
+        pred_iou_thresh: float = FALLBACK["pred_iou_thresh"],
+        stability_score_thresh: float = FALLBACK["stability_score_thresh"],
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -172,9 +173,13 @@ class SamAutomaticMaskGenerator:
     def from_settings(cls, model: Sam, settings: AutoSettings = DEFAULTS, *,
                       options: InferenceOptions | None = None) -> SamAutomaticMaskGenerator:
         """The generator for checked :class:`~napari_sam.engine.automatic.settings.AutoSettings`
-        (their ``tile_shape``/``halo`` go to :meth:`generate_labels`: see :meth:`label_slice`)."""
-        if settings.method != "amg":
+        (their ``tile_shape``/``halo`` go to :meth:`generate_labels`: see :meth:`label_slice`).
+        Thresholds left at None get :data:`~napari_sam.engine.automatic.settings.FALLBACK` (SAM's);
+        resolve the settings for the model first (:meth:`AutoSettings.resolved`) to get the model's."""
+        if settings.method not in (None, "amg"):
             raise InvalidParameterError(f"Settings for method {settings.method!r} cannot run the grid-prompt generator.")
+        if not settings.is_resolved:
+            settings = replace(settings, method="amg").resolved(has_decoder=False)
         amg = cls(model, **settings.amg_kwargs(), options=options)
         amg.settings = settings
         return amg

@@ -77,13 +77,16 @@ class InstanceMapSettings:
 
 
 def recommended_settings(model_name: str | None) -> InstanceMapSettings:
-    """The post-processing the publisher recommends for zoo model ``model_name``'s decoder
-    (micro-sam's widget values for its light- and electron-microscopy models), else the defaults."""
+    """The post-processing that suits zoo model ``model_name``'s decoder (its zoo entry's
+    ``automatic`` values, e.g. micro-sam's for its light- and electron-microscopy models), else the defaults."""
+    from dataclasses import fields
+
     from ..models.zoo import REGISTRY
 
     entry = REGISTRY.get(model_name) if model_name else None
-    decoder = entry.decoder if entry is not None else None
-    return InstanceMapSettings(**dict(decoder.recommended)) if decoder is not None else InstanceMapSettings()
+    names = {f.name for f in fields(InstanceMapSettings)}
+    own = {k: v for k, v in (entry.automatic if entry is not None else ()) if k in names}
+    return InstanceMapSettings(**own)
 
 
 def smooth(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Per-slice automatic instance segmentation for batch runs.
+"""Per-slice automatic instance segmentation for batch runs and the widgets.
 
 A *slice segmenter* is any callable ``(image) -> labels`` taking one 2D slice
 ((H, W) or (H, W, C) numpy) and returning (H, W) int32 instance labels
@@ -7,6 +7,9 @@ by default they build one from a :class:`SliceSegmenterSpec` (model name or
 checkpoint path, device/precision and :class:`~napari_sam.engine.automatic.settings.AutoSettings`),
 which is small, hashable and picklable, so Dask workers can rebuild it and load the model once per
 worker process (:func:`build_cached`).
+
+:func:`label_slice_steps` is the one place a settings object's method is turned into a run:
+the model's instance decoder (``"ais"``) or grid prompts (``"amg"``), tiled or not.
 """
 
 from __future__ import annotations
@@ -47,27 +50,83 @@ class SliceSegmenterSpec:
 
     def describe(self) -> dict:
         """JSON-able description (recorded in the job metadata of a batch output)."""
-        d = {"kind": f"sam-{self.settings.method}", "model": self.model, "device": self.device,
+        d = {"kind": f"sam-{self.settings.method or 'auto'}", "model": self.model, "device": self.device,
              "precision": self.precision, **self.settings.describe(),
              "intensity_limits": None if self.intensity_limits is None else list(self.intensity_limits)}
         return d
 
+    def resolved(self) -> SliceSegmenterSpec:
+        """This spec with its settings resolved for its model (method chosen, the model's thresholds
+        filled in; :func:`~napari_sam.engine.models.auto_defaults.profile`: nothing is downloaded)."""
+        if self.settings.is_resolved:
+            return self
+        from dataclasses import replace
+
+        from ..models.auto_defaults import profile
+
+        return replace(self, settings=profile(self.model).resolve(self.settings))
+
     def build(self) -> SegmentSliceFn:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
-        from .amg import SamAutomaticMaskGenerator
+        from ..models.auto_defaults import model_profile
         from ..models.device import InferenceOptions
         from ..models.zoo import default_model_name, load_model
         from ..progress import run_blocking
 
         options = InferenceOptions.resolve(self.device, self.precision)
-        model = load_model(self.model or default_model_name(), device=options.device, progressbar=False)
-        amg = SamAutomaticMaskGenerator.from_settings(model, self.settings, options=options)
+        name = self.model or default_model_name()
+        model = load_model(name, device=options.device, progressbar=False)
+        settings = model_profile(model, name).resolve(self.settings)
+        run = SliceRun(model, settings, options)  # fails now for a bad pairing, not on the first slice
         limits = self.intensity_limits
 
         def segment(image: np.ndarray) -> np.ndarray:
-            return np.asarray(run_blocking(amg.label_slice_iter(np.asarray(image), limits)), dtype=np.int32)
+            return np.asarray(run_blocking(run.steps(np.asarray(image), limits)), dtype=np.int32)
 
         return segment
+
+
+class SliceRun:
+    """One model and resolved settings, ready to label slices (see :func:`label_slice_steps`)."""
+
+    def __init__(self, model, settings: AutoSettings, options=None) -> None:
+        if not settings.is_resolved:
+            raise ValueError("SliceRun needs resolved settings (AutoSettings.resolved).")
+        self.model, self.settings, self.options = model, settings, options
+        if settings.method == "amg":
+            from .amg import SamAutomaticMaskGenerator  # imports torchvision-free NMS; never at module import
+
+            self._amg = SamAutomaticMaskGenerator.from_settings(model, settings, options=options)
+        else:
+            from .instance_decoder import require_decoder
+
+            require_decoder(model)
+            self._maps = settings.instance_map_settings()
+
+    def steps(self, image: np.ndarray, intensity_limits: tuple[float, float] | None = None):
+        """A progress generator returning the (H, W) int32 labels of one 2D slice."""
+        if self.settings.method == "amg":
+            return (yield from self._amg.label_slice_iter(image, intensity_limits))
+        from .instance_decoder import segment_with_decoder_steps
+
+        s = self.settings
+        return (yield from segment_with_decoder_steps(
+            self.model, image, settings=self._maps, intensity_limits=intensity_limits,
+            tile_shape=s.tile_shape, halo=s.halo, options=self.options))
+
+
+def label_slice_steps(model, image: np.ndarray, settings: AutoSettings, *, model_name: str | None = None,
+                      options=None, intensity_limits: tuple[float, float] | None = None):
+    """Automatic labels of one 2D slice as the settings say; a progress generator.
+
+    ``settings`` are resolved for ``model`` first (its decoder as attached, the thresholds of zoo
+    model ``model_name``), so ``method=None`` means the decoder when the model has one.
+    Returns (H, W) int32 labels, 0 = background.
+    """
+    from ..models.auto_defaults import model_profile
+
+    run = SliceRun(model, model_profile(model, model_name).resolve(settings), options)
+    return (yield from run.steps(image, intensity_limits))
 
 
 def build_cached(spec: SliceSegmenterSpec) -> SegmentSliceFn:

@@ -1,7 +1,8 @@
 """Batch automatic segmentation of whole z-stacks, resumable, locally or on Dask.
 
-``segment_stack(input, output)`` segments every slice on its own (SAM automatic
-mask generation by default, any ``(image) -> labels`` callable otherwise),
+``segment_stack(input, output)`` segments every slice on its own (the model's
+instance decoder when it has one, else SAM's automatic mask generation; any
+``(image) -> labels`` callable otherwise),
 writes each slice as soon as it is done, then links the 2D instances across z
 into 3D objects (:mod:`napari_sam.engine.volumes.stack_linking`).
 
@@ -100,7 +101,9 @@ def segment_stack(
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
         settings: :class:`~napari_sam.engine.automatic.settings.AutoSettings` of the SAM slice
-            segmenter (None: the defaults).
+            segmenter (None: the batch defaults): ``method`` ``"ais"`` (the model's decoder), ``"amg"``
+            (grid prompts) or None (the decoder when the model has one); thresholds left at None are
+            the model's. The resolved settings are recorded with the job.
         iou_threshold: linking threshold (see :mod:`napari_sam.engine.volumes.stack_linking`).
         axes, channel: axis letters (default: the file's metadata, else the shape where unambiguous)
             and the channel (index, list or ``"mean"``) of a multichannel input; see
@@ -141,10 +144,16 @@ def segment_stack(
 
         settings = _with_tile(settings if settings is not None else BATCH_DEFAULTS, tile)
         tile = settings.tile_shape
-        seg: SegmentSliceFn | SliceSegmenterSpec = SliceSegmenterSpec(
+        spec = SliceSegmenterSpec(
             model=None if model is None else str(model), device=device, precision=precision, settings=settings,
             intensity_limits=ImageSlices(stack, rgb=rgb).intensity_limits(),
         )
+        from ..models.zoo import check_model
+
+        check_model(spec.model)  # a typo gets "did you mean" before anything is loaded or created
+        # the method and the model's thresholds are fixed now and recorded with the job, so a resume
+        # with another method (or other thresholds) is refused like any other change of settings
+        seg: SegmentSliceFn | SliceSegmenterSpec = spec.resolved()
     else:
         if settings is not None:
             raise InvalidParameterError("settings are for SAM's automatic segmentation; a segment_slice "
@@ -154,11 +163,7 @@ def segment_stack(
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
     store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
     # everything is checked before the output is created: the model too (loaded here; on a
-    # cluster each worker loads it, so only its name or file is checked)
-    if isinstance(seg, SliceSegmenterSpec):
-        from ..models.zoo import check_model
-
-        check_model(seg.model)  # a typo gets "did you mean" before anything is loaded or created
+    # cluster each worker loads it, so only its name or file is checked, above)
     if client is None:
         resolve(seg)  # builds (and caches) the model now, so a broken model fails before the output exists
     store.open()

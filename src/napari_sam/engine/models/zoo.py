@@ -47,6 +47,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError, UnknownModelError
 from . import instance_decoders, weights_cache
+from .auto_defaults import zoo_defaults
 
 _log = logging.getLogger(__name__)
 
@@ -67,9 +68,6 @@ class DecoderFile:
     known_hash: str | None
     source: str
     size: int | None = None
-    #: the publisher's recommended post-processing for this decoder, as (setting, value) pairs
-    #: named like :class:`~napari_sam.engine.automatic.instance_maps.InstanceMapSettings` fields
-    recommended: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,10 @@ class ModelEntry:
     bundled: bool = False
     package_path: str | None = None
     decoder: DecoderFile | None = None  # trained instance decoder for automatic segmentation
+    #: the automatic-segmentation thresholds that suit this model, as (setting, value) pairs named like
+    #: :class:`~napari_sam.engine.automatic.settings.AutoSettings` fields (see
+    #: :mod:`napari_sam.engine.models.auto_defaults`); used where the user gives none
+    automatic: tuple[tuple[str, float], ...] = ()
 
     @property
     def family(self) -> str:
@@ -119,23 +121,6 @@ _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _MOBILE_SAM_COMMIT = "f706ad9c4eb7f219c00d9050e46328518ffb65d2"
 
 
-# micro-sam's AIS widget settings per model (micro_sam/_model_settings.py, AIS_SETTINGS, same commit):
-# centre and boundary distance thresholds, distance smoothing, minimum size.
-_AIS = {
-    "vit_t_lm": (0.5, 0.5, 2.0), "vit_b_lm": (0.4, 0.5, 2.0), "vit_l_lm": (0.4, 0.4, 1.6),
-    "vit_t_em_organelles": (0.4, 0.5, 1.2), "vit_b_em_organelles": (0.3, 0.4, 1.2),
-    "vit_l_em_organelles": (0.3, 0.4, 1.2),
-}
-
-
-def _recommended(name: str) -> tuple[tuple[str, float], ...]:
-    if name not in _AIS:
-        return ()
-    c, b, smooth = _AIS[name]
-    return (("center_distance_threshold", c), ("boundary_distance_threshold", b),
-            ("distance_smoothing", smooth), ("min_size", 100))
-
-
 def _micro_sam(
     name: str, arch: str, bioimageio_id: str, version: str, xxh128: str, what: str, decoder_xxh128: str
 ) -> ModelEntry:
@@ -154,8 +139,8 @@ def _micro_sam(
             filename=f"micro_sam_{name}_decoder_v{version}.pt",
             known_hash=f"xxh128:{decoder_xxh128}",
             source=source,
-            recommended=_recommended(name),
         ),
+        automatic=zoo_defaults(name),
     )
 
 
@@ -264,7 +249,7 @@ _ENTRIES = (
     ),
     ModelEntry(
         "tiny", "tiny", "napari-sam's small bundled model (256 px input), for quick tries and tests",
-        "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt",
+        "napari-sam", "BSD-3-Clause", bundled=True, package_path="weights/tiny.pt", automatic=zoo_defaults("tiny"),
     ),
 )
 

@@ -1,0 +1,127 @@
+"""Per-model automatic-segmentation defaults: the thresholds that suit each zoo model.
+
+A zoo entry's ``automatic`` holds (setting, value) pairs named like the fields of
+:class:`~napari_sam.engine.automatic.settings.AutoSettings`; they are used wherever the
+user leaves a threshold at ``None`` (:meth:`AutoSettings.resolved`), and the user's
+values always win. A model without values of its own gets
+:data:`~napari_sam.engine.automatic.settings.FALLBACK` (SAM's grid-prompt thresholds,
+micro-sam's decoder post-processing).
+
+Where the values come from:
+
+- micro-sam's light- and electron-microscopy models: micro-sam's annotator settings
+  (``micro_sam/_model_settings.py``, ``AIS_SETTINGS`` and ``AMG_SETTINGS``, commit d261492 of
+  computational-cell-analytics/micro-sam): centre/boundary distance thresholds, distance
+  smoothing and minimum size for the decoder; predicted-IoU and stability thresholds for
+  grid prompting.
+- the bundled ``tiny``: grid-prompt thresholds below SAM's (its small model's IoU and
+  stability scores run lower than SAM's; see docs/models.md). The decoder values, if it
+  has a decoder, belong with the weights that are trained for it.
+
+This module imports neither torch nor the zoo at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: (centre distance, boundary distance, distance smoothing) for micro-sam's decoders (minimum size 100).
+_MICRO_SAM_AIS = {
+    "vit_t_lm": (0.5, 0.5, 2.0), "vit_b_lm": (0.4, 0.5, 2.0), "vit_l_lm": (0.4, 0.4, 1.6),
+    "vit_t_em_organelles": (0.4, 0.5, 1.2), "vit_b_em_organelles": (0.3, 0.4, 1.2),
+    "vit_l_em_organelles": (0.3, 0.4, 1.2),
+}
+#: (predicted IoU, stability) for micro-sam's models' grid prompting.
+_MICRO_SAM_AMG = {
+    "vit_t_lm": (0.6, 0.65), "vit_b_lm": (0.65, 0.7), "vit_l_lm": (0.65, 0.73),
+    "vit_t_em_organelles": (0.75, 0.75), "vit_b_em_organelles": (0.75, 0.75), "vit_l_em_organelles": (0.8, 0.8),
+}
+_TINY = (("pred_iou_thresh", 0.5), ("stability_score_thresh", 0.6))
+
+#: the line shown when the bundled model is in use (widgets' status, ``napari-sam segment``).
+TINY_NOTE = ("Bundled model 'tiny' in use: small, trained on synthetic fluorescence only; for real data "
+             "choose 'vit_b_lm' (light microscopy) or 'vit_b_em_organelles' (electron microscopy).")
+
+
+def zoo_defaults(name: str) -> tuple[tuple[str, float], ...]:
+    """The (setting, value) pairs the zoo entry called ``name`` carries (see the module docstring)."""
+    if name == "tiny":
+        return _TINY
+    out: list[tuple[str, float]] = []
+    if name in _MICRO_SAM_AMG:
+        iou, stability = _MICRO_SAM_AMG[name]
+        out += [("pred_iou_thresh", iou), ("stability_score_thresh", stability)]
+    if name in _MICRO_SAM_AIS:
+        c, b, smooth = _MICRO_SAM_AIS[name]
+        out += [("center_distance_threshold", c), ("boundary_distance_threshold", b),
+                ("distance_smoothing", smooth), ("min_size", 100)]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What automatic segmentation needs to know about a model before loading it.
+
+    Attributes:
+        name: the zoo name or the checkpoint path as given.
+        has_decoder: whether loading it brings a trained instance decoder.
+        defaults: its own threshold values, by :class:`AutoSettings` field name.
+    """
+
+    name: str
+    has_decoder: bool
+    defaults: tuple[tuple[str, float], ...] = ()
+
+    def resolve(self, settings):
+        """``settings`` resolved for this model (:meth:`AutoSettings.resolved`)."""
+        return settings.resolved(self.has_decoder, dict(self.defaults), self.name)
+
+
+def _file_has_decoder(path: Path) -> bool:
+    from ...model.checkpoint import load_weights_only
+    from ...model.instance_decoder import embedded_decoder_state
+
+    return embedded_decoder_state(load_weights_only(path)) is not None
+
+
+def profile(name_or_path: str | os.PathLike | None) -> ModelProfile:
+    """The :class:`ModelProfile` of a zoo name or checkpoint file (None: the default model).
+
+    A zoo entry answers from its record (nothing is downloaded); a local file is read
+    (weights only) to see whether it carries a decoder.
+    """
+    from .zoo import default_model_name, find_entry
+
+    if name_or_path is None:
+        name_or_path = default_model_name()
+    entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
+    if entry is not None:
+        return ModelProfile(entry.name, entry.decoder is not None, entry.automatic)
+    return ModelProfile(str(name_or_path), _file_has_decoder(Path(name_or_path).expanduser()))
+
+
+def model_profile(model, name: str | None) -> ModelProfile:
+    """The profile of a model already loaded (its decoder as attached) under zoo name or path ``name``."""
+    from .zoo import find_entry
+
+    entry = find_entry(name) if isinstance(name, str) else None
+    return ModelProfile(name or getattr(model, "model_type", "this model"),
+                        getattr(model, "instance_decoder", None) is not None,
+                        entry.automatic if entry is not None else ())
+
+
+def tiny_note(name_or_path: str | os.PathLike | None) -> str | None:
+    """:data:`TINY_NOTE` when ``name_or_path`` (None: the default model) is the bundled model, else None."""
+    from .zoo import default_model_name, find_entry
+
+    try:
+        name = name_or_path if name_or_path is not None else default_model_name()
+    except Exception:  # no default model at all: the run itself says so
+        return None
+    entry = find_entry(name) if isinstance(name, str) else None
+    return TINY_NOTE if entry is not None and entry.bundled and entry.name == "tiny" else None
+
+
+__all__ = ["TINY_NOTE", "ModelProfile", "model_profile", "profile", "tiny_note", "zoo_defaults"]
