@@ -103,7 +103,7 @@ def _nuclei_tif(ns, request):
 
     from napari_sam.samples import synthetic_stack
 
-    tifffile.imwrite("nuclei.tif", synthetic_stack((3, 96, 96))[0])
+    tifffile.imwrite("nuclei.tif", synthetic_stack((3, 96, 96))[0], metadata={"axes": "ZYX"})  # 3 slices, not channels
 
 
 def _huge_ome_tif(ns, request):
