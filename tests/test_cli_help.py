@@ -31,5 +31,6 @@ def test_every_option_has_help_and_shows_its_default(name):
 def test_defaults_are_rendered_from_the_parser():
     segment = _commands()["segment"]
     text = " ".join(segment.format_help().split())
-    assert "(default: 0.88)" in text and "(default: off)" in text
+    assert "(default: 32)" in text and "(default: off)" in text
+    assert text.count("default: the model's") >= 5  # thresholds: the model's own unless given
     assert "--out OUT output labels: .tif/.tiff or .zarr (default" not in text  # a required option has no default

@@ -39,18 +39,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="ais: the model's trained instance decoder (fast; zoo models with a decoder, see "
                         "'napari-sam models'); amg: a grid of point prompts (any model); auto (default): ais when "
                         "the model has a decoder, else amg")
-    p.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side,
+    p.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side, metavar="N",
                    help=f"amg: prompt grid of the automatic segmentation (default: {DEFAULTS.points_per_side})")
-    p.add_argument("--pred-iou-thresh", type=float, default=None,
+    p.add_argument("--pred-iou-thresh", type=float, default=None, metavar="T",
                    help="amg: keep masks whose predicted IoU is above this (0 keeps all; default: the model's)")
-    p.add_argument("--stability-score-thresh", type=float, default=None,
+    p.add_argument("--stability-score-thresh", type=float, default=None, metavar="T",
                    help="amg: keep masks at least this stable under a threshold shift (0 keeps all; "
                         "default: the model's)")
-    p.add_argument("--center-distance-thresh", type=float, default=None,
+    p.add_argument("--center-distance-thresh", type=float, default=None, metavar="T",
                    help="ais: seeds need a centre distance below this (default: the model's)")
-    p.add_argument("--boundary-distance-thresh", type=float, default=None,
+    p.add_argument("--boundary-distance-thresh", type=float, default=None, metavar="T",
                    help="ais: seeds need a boundary distance below this (default: the model's)")
-    p.add_argument("--foreground-thresh", type=float, default=None,
+    p.add_argument("--foreground-thresh", type=float, default=None, metavar="T",
                    help="ais: foreground needs a probability above this (default: the model's)")
     p.add_argument("--min-area", type=int, default=None, metavar="PIXELS",
                    help="leave out objects smaller than this (0 keeps everything); amg also cleans mask "
