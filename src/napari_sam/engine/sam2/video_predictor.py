@@ -7,8 +7,10 @@ Same methods, arguments and results as ``sam2.sam2_video_predictor.SAM2VideoPred
 - ``init_state`` takes any sequence napari-sam reads (a (T, H, W[, C]) numpy, zarr or
   dask array, a TIFF or zarr path) as well as a folder of JPEG frames; frames are read
   one at a time when needed and only the current frame's features are held, so memory
-  does not grow with the frames (Meta's loads the whole video). What grows is the
-  per-frame tracking output (about 0.8 MB per frame and object at 1024 px).
+  does not grow with the frames (Meta's loads the whole video). What grows, by default,
+  is the per-frame tracking output (about 1.8 MB per frame and object at 1024 px);
+  with ``bounded_memory=True`` only what the memory bank can still attend to is kept
+  (see :meth:`SAM2VideoPredictor._trim`), so memory stays flat in the number of frames.
 - The inference state is a typed :class:`InferenceState`, not a dict.
 - Bad input raises napari-sam's typed errors.
 - Hole filling (``fill_hole_area``) is off by default: Meta's needs its CUDA extension
@@ -72,14 +74,29 @@ class SAM2VideoPredictor:
         model: a :class:`~napari_sam.model.sam2.SAM2Model`.
         fill_hole_area: fill holes up to this many low-resolution pixels in each mask (0: off).
         non_overlap_masks: at each pixel keep only the highest-scoring object in the outputs.
+        bounded_memory: during propagation keep, per object, only the outputs the memory
+            bank can still attend to: the prompted frames', the memories (mask features) of
+            the ``num_maskmem`` frames nearest a prompted frame or last tracked, and the
+            object pointers of the ``max_obj_ptrs_in_encoder`` frames nearest them. Off: every
+            output is kept, as in Meta's predictor. Propagation from prompted frames gives
+            the same masks either way; a prompt added later on an already-tracked frame far
+            from the prompted and recent frames then sees fewer earlier memories than Meta's
+            would (the ones dropped).
     """
 
-    def __init__(self, model: SAM2Model, fill_hole_area: int = 0, non_overlap_masks: bool = False) -> None:
+    def __init__(self, model: SAM2Model, fill_hole_area: int = 0, non_overlap_masks: bool = False,
+                 bounded_memory: bool = False) -> None:
         if not isinstance(model, SAM2Model):
-            raise TypeError(f"SAM2VideoPredictor needs a SAM 2.1 model, got {type(model).__name__}.")
+            from ...errors import CheckpointError
+
+            raise CheckpointError(
+                f"SAM 2 tracking needs a SAM 2.1 model (e.g. sam2.1_hiera_tiny or a sam2.1_hiera_*.pt file); "
+                f"got a {type(model).__name__}, a SAM 1 model. Choose a SAM 2.1 model."
+            )
         self.model = model
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
+        self.bounded_memory = bounded_memory
 
     @property
     def image_size(self) -> int:
@@ -94,7 +111,8 @@ class SAM2VideoPredictor:
         The ``offload_*`` and ``async_loading_frames`` flags of Meta's API are accepted
         and have no effect: frames are always read lazily, one at a time.
         """
-        state = InferenceState(FrameSource(video_path, intensity_limits), self.model.device)
+        frames = video_path if isinstance(video_path, FrameSource) else FrameSource(video_path, intensity_limits)
+        state = InferenceState(frames, self.model.device)
         self._features(state, 0)
         return state
 
@@ -209,7 +227,7 @@ class SAM2VideoPredictor:
         prev_logits = None
         if point_inputs is not None:
             prev = store.get(frame_idx) or bank.cond.get(frame_idx) or bank.non_cond.get(frame_idx)
-            if prev is not None:
+            if prev is not None and prev.pred_masks is not None:
                 prev_logits = torch.clamp(prev.pred_masks.to(state.device), -32.0, 32.0)
         out = self._run_frame(state, bank, frame_idx, is_init, point_inputs, mask_inputs, reverse,
                               run_mem_encoder=False, prev_sam_mask_logits=prev_logits)
@@ -233,7 +251,7 @@ class SAM2VideoPredictor:
             temp, bank = state.temp_output_per_obj[obj_idx], state.output_per_obj[obj_idx]
             out = (temp.cond if is_cond else temp.non_cond).get(frame_idx) or bank.cond.get(frame_idx) \
                 or bank.non_cond.get(frame_idx)
-            if out is not None:
+            if out is not None and out.pred_masks is not None:
                 masks[obj_idx : obj_idx + 1] = F.interpolate(out.pred_masks, size=(h, w), mode="bilinear",
                                                              align_corners=False)
         return self._video_res(state, masks)
@@ -327,4 +345,57 @@ class SAM2VideoPredictor:
                     masks = out.pred_masks
                 state.frames_tracked_per_obj[obj_idx][frame_idx] = reverse
                 per_obj.append(masks)
+                if self.bounded_memory:
+                    self._trim(bank, frame_idx)
             yield frame_idx, state.obj_ids, self._video_res(state, torch.cat(per_obj, 0))
+
+    def _trim(self, bank: MemoryBank, frame_idx: int) -> None:
+        """Drop from ``bank`` what no later step of a run from a prompted frame attends to.
+
+        A tracked frame attends to every conditioning frame, the memories of the
+        ``num_maskmem - 1`` frames before it and the object pointers of the
+        ``max_obj_ptrs_in_encoder - 1`` frames before it (in tracking order). A run goes on
+        from the frame just tracked or starts on a prompted frame, so keeping full outputs
+        within ``num_maskmem`` frames of a prompted frame or of ``frame_idx`` (the frame
+        just tracked), and pointers within ``max_obj_ptrs_in_encoder``, keeps every input.
+        """
+        n_mem, n_ptr = self.model.num_maskmem, self.model.cfg.max_obj_ptrs_in_encoder
+        keep_mem = set(range(frame_idx - n_mem, frame_idx + n_mem + 1))
+        keep_ptr = set(range(frame_idx - n_ptr, frame_idx + n_ptr + 1))
+        for c in bank.cond:
+            keep_mem.update(range(c - n_mem, c + n_mem + 1))
+            keep_ptr.update(range(c - n_ptr, c + n_ptr + 1))
+        for t in list(bank.non_cond):
+            if t in keep_mem:
+                continue
+            out = bank.non_cond[t]
+            if t in keep_ptr:
+                if out.maskmem_features is not None:
+                    bank.non_cond[t] = FrameOutput(None, out.obj_ptr, out.object_score_logits)
+            else:
+                del bank.non_cond[t]
+
+    @staticmethod
+    def memory_bytes(inference_state: InferenceState) -> int:
+        """Bytes of the tensors the tracking state holds (outputs, memories, prompts, cached features)."""
+        seen: set[int] = set()
+
+        def size(x) -> int:
+            if isinstance(x, torch.Tensor):
+                if id(x) in seen:
+                    return 0
+                seen.add(id(x))
+                return x.numel() * x.element_size()
+            if isinstance(x, dict):
+                return sum(size(v) for v in x.values())
+            if isinstance(x, (list, tuple)):
+                return sum(size(v) for v in x)
+            if isinstance(x, MemoryBank):
+                return size(x.cond) + size(x.non_cond)
+            if hasattr(x, "__dataclass_fields__"):
+                return sum(size(getattr(x, f)) for f in x.__dataclass_fields__)
+            return 0
+
+        s = inference_state
+        return size([s.point_inputs_per_obj, s.mask_inputs_per_obj, s.output_per_obj, s.temp_output_per_obj,
+                     s.cached_features])

@@ -82,7 +82,7 @@ def memory_conditioned_features(
         prev = frame_idx + t_rel if reverse else frame_idx - t_rel
         chosen.append((t_pos, bank.non_cond.get(prev)))
     for t_pos, out in chosen:
-        if out is None:
+        if out is None or out.maskmem_features is None:  # not tracked, or its memory was let go
             continue
         memories.append(out.maskmem_features.to(vis.device).flatten(2).transpose(1, 2))
         pos = out.maskmem_pos_enc.to(vis.device).flatten(2).transpose(1, 2)
