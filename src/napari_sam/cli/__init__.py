@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "models": "models",
     "embed": "embed",
     "segment": "segment",
+    "track": "track",
     "train": "train",
     "sample": "sample",
 }

@@ -69,8 +69,17 @@ class FrameSource:
         if self._paths is not None:
             from PIL import Image
 
-            with Image.open(self._paths[0]) as im:
-                w, h = im.size
+            sizes = []
+            for path in self._paths:  # headers only: frames of different sizes are refused up front
+                with Image.open(path) as im:
+                    sizes.append(im.size)
+            w, h = sizes[0]
+            bad = next((i for i, size in enumerate(sizes) if size != (w, h)), None)
+            if bad is not None:
+                raise InvalidSequenceError(
+                    f"Frames have different shapes: {self._paths[bad].name} is {sizes[bad][1]} x {sizes[bad][0]}, "
+                    f"the first frame {h} x {w}. Resize or crop them to one size."
+                )
             self.num_frames, self.height, self.width = len(self._paths), h, w
             self._limits = None
         else:

@@ -282,14 +282,18 @@ class MemoryTracker:
 
 def track(model: Any, frames: Any, prompts: Iterable[ObjectPrompt] = (), seed_labels: np.ndarray | None = None,
           seed_frame: int = 0, labels: Any = None, on_frame: FrameCallback | None = None,
-          directions: tuple[int, ...] = (1, -1), intensity_limits: tuple[float, float] | None = None
-          ) -> Generator[TrackingStep, None, Any]:
+          directions: tuple[int, ...] = (1, -1), intensity_limits: tuple[float, float] | None = None,
+          axes: str | None = None, channel: Any = None) -> Generator[TrackingStep, None, Any]:
     """Track objects in one call: a progress generator returning the (T, H, W) labels.
 
     Seeds: ``prompts`` and/or ``seed_labels``, either a (H, W) label image of frame
     ``seed_frame`` or a (T, H, W) label array (every object on every frame where it is drawn
-    becomes a mask prompt). Other arguments as :class:`MemoryTracker` and :meth:`MemoryTracker.run`.
+    becomes a mask prompt). ``axes``/``channel``: which axis is time (or z) and which channel
+    the model sees (:func:`~napari_sam.engine.volumes.sequences.select_sequence`; a file's
+    metadata is used when ``axes`` is left out). Other arguments as :class:`MemoryTracker`
+    and :meth:`MemoryTracker.run`.
     """
+    frames = sequence_frames(frames, axes, channel)
     tracker = MemoryTracker(model, frames, labels=labels, on_frame=on_frame, intensity_limits=intensity_limits)
     prompts = list(prompts)
     if seed_labels is not None:
@@ -298,6 +302,47 @@ def track(model: Any, frames: Any, prompts: Iterable[ObjectPrompt] = (), seed_la
         raise TrackingError("Nothing to track: give prompts or seed labels with at least one object.")
     tracker.add_prompts(prompts)
     return (yield from tracker.run(directions=directions))
+
+
+def sequence_frames(frames: Any, axes: str | None = None, channel: Any = None) -> Any:
+    """The (T, H, W[, 3|4]) frames of ``frames`` (an array or an image file; a JPEG folder as is)."""
+    import os
+    from pathlib import Path
+
+    from .sequences import select_sequence
+
+    if isinstance(frames, (str, os.PathLike)):
+        path = Path(frames).expanduser()
+        if path.is_dir() and any(p.suffix.lower() in (".jpg", ".jpeg") for p in path.iterdir()):
+            return frames
+        from ..images.io import open_image
+
+        img = open_image(path)
+        return select_sequence(img.data, axes, channel, file_axes=img.axes).frames
+    if axes is not None or channel is not None:
+        return select_sequence(frames, axes, channel).frames
+    return frames
+
+
+def propagate_seeds(model: Any, seeds: Any, image: Any, labels: Any = None, directions: tuple[int, ...] = (1, -1),
+                    max_slices: int | None = None) -> Generator[TrackingStep, None, Any]:
+    """:func:`~napari_sam.engine.volumes.propagation.propagate` with SAM 2 memory: ``seeds``
+    ``{label_id: Seed(slice_index, (H, W) bool mask)}`` tracked through ``image`` (Z, H, W[, 3|4])
+    from the first seeded slice; ``labels`` (Z, H, W) filled in place (new int32 when None)."""
+    from .propagation import Seed
+
+    if image is None:
+        raise InvalidImageError("Propagation with a SAM 2.1 model needs the stack: pass image=(Z, H, W) array.")
+    if not seeds:
+        raise TrackingError("No seeds given: draw the objects on a slice first ({label_id: Seed(slice, mask)}).")
+    tracker = MemoryTracker(model, image, labels=labels)
+    prompts = []
+    for lid, s in seeds.items():
+        s = s if isinstance(s, Seed) else Seed(int(s[0]), np.asarray(s[1]))
+        prompts.append(ObjectPrompt(int(s.slice_index), int(lid), mask=np.asarray(s.mask, bool)))
+    tracker.add_prompts(prompts)
+    start = min(p.frame for p in prompts)
+    return (yield from tracker.run(start=start, directions=directions, max_frames=max_slices))
 
 
 def prompts_from_labels(seed_labels: Any, shape: tuple[int, int, int], seed_frame: int = 0) -> list[ObjectPrompt]:
@@ -325,4 +370,5 @@ def prompts_from_labels(seed_labels: Any, shape: tuple[int, int, int], seed_fram
     return out
 
 
-__all__ = ["FrameCallback", "MemoryTracker", "ObjectPrompt", "TrackingStep", "prompts_from_labels", "track"]
+__all__ = ["FrameCallback", "MemoryTracker", "ObjectPrompt", "TrackingStep", "prompts_from_labels", "propagate_seeds",
+           "sequence_frames", "track"]

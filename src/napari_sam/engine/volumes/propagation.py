@@ -245,7 +245,8 @@ def propagate(
     box_margin: float = 0.1,
     use_mask_input: bool = True,
     max_slices: int | None = None,
-) -> Generator[PropagationStep, None, np.ndarray]:
+    image: Any = None,
+) -> Generator[Progress, None, np.ndarray]:
     """Propagate seeded objects through z; a progress generator returning the (Z, H, W) labels.
 
     Args:
@@ -257,7 +258,13 @@ def propagate(
             see the module docstring for re-propagation); a new int32 volume if None.
         directions: ``(1, -1)`` both ways, ``(1,)`` towards higher z only, ``(-1,)`` lower.
         max_slices: stop each object after this many slices per direction (None: no limit).
+        image: the (Z, H, W[, 3|4]) stack, needed (only) when ``predict`` is a SAM 2.1 model.
     """
+    if _is_sam2(predict):
+        from .memory_propagation import propagate_seeds
+
+        return (yield from propagate_seeds(predict, seeds, image, labels=labels, directions=directions,
+                                           max_slices=max_slices))
     if hasattr(predict, "predict") and hasattr(predict, "set_image"):
         seg = predict
         if shape is None and labels is None:
@@ -327,6 +334,16 @@ def propagate(
             if state and all(v is None for v in state.values()) and len(state) == len(seeds):
                 break
     return labels
+
+
+def _is_sam2(obj: Any) -> bool:
+    """Whether ``obj`` is a SAM 2.1 model or video predictor (checked without importing them)."""
+    import sys
+
+    model = sys.modules.get("napari_sam.model.sam2.sam2")
+    video = sys.modules.get("napari_sam.engine.sam2.video_predictor")
+    return (model is not None and isinstance(obj, model.SAM2Model)) or \
+        (video is not None and isinstance(obj, video.SAM2VideoPredictor))
 
 
 def propagate_blocking(predict, seeds, callback: Callable[[Progress], Any] | None = None, **kwargs) -> np.ndarray:

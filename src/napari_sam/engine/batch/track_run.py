@@ -1,0 +1,194 @@
+"""Tracking a whole sequence into a file, resumable: what ``napari-sam track`` runs.
+
+``track_sequence(input, output, seeds)`` follows the objects drawn in ``seeds`` through a
+time-lapse (T, Y, X) or z-stack (Z, Y, X) with SAM 2.1 memory
+(:mod:`napari_sam.engine.volumes.memory_propagation`) and writes each frame as soon as it
+is finished. The output is the zarr group of :mod:`napari_sam.engine.batch.run` (``slices``
+one frame each, ``done`` records, ``labels`` at the end; a TIFF output is written
+atomically at the end from a ``.partial.zarr`` group beside it).
+
+Everything is checked before the output is created: the input and its axes, the seeds
+(shape, frame, at least one object), the model (a SAM 2.1 model), the output path (never
+the input or the seeds; an existing output is resumed, refused, or replaced with
+``overwrite``). The input and the seeds are only read.
+
+Resume: a rerun with the same arguments keeps the frames already written (their input
+pixels are re-checked) and tracks on from the last finished frame in each direction,
+with that frame's stored masks as prompts beside the seeds (the memory of the frames
+before it is not restored, so a resumed run can differ slightly from an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BatchWriteError, CheckpointError
+from ..progress import Progress, run_blocking
+from .stack_store import StackSource, StackStore, input_fingerprint, open_input, resumable
+
+DEFAULT_TRACK_MODEL = "sam2.1_hiera_tiny"
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """A finished tracking run: ``path``, ``n_objects`` ids, ``n_frames``, ``resumed_frames`` kept."""
+
+    path: Path
+    n_objects: int
+    n_frames: int
+    resumed_frames: int
+
+
+def _open_seeds(seeds: Any) -> tuple[Any, str | None]:
+    if isinstance(seeds, (str, os.PathLike)):
+        from ...errors import InvalidPromptError
+        from ..images.io import open_image
+
+        p = Path(seeds).expanduser()
+        if not p.exists():
+            raise InvalidPromptError(f"Seed labels {p} do not exist.")
+        return np.asarray(open_image(p).data), str(p.resolve())
+    return np.asarray(seeds), None
+
+
+def _load_sam2(model: Any, device: str | None):
+    from ...model.sam2 import SAM2Model
+
+    if isinstance(model, SAM2Model):
+        return model
+    from ..models.zoo import load_model
+
+    loaded = load_model(DEFAULT_TRACK_MODEL if model is None else model, device=device)
+    if not isinstance(loaded, SAM2Model):
+        raise CheckpointError(
+            f"{model} is a SAM 1 model; tracking needs SAM 2.1 memory. Choose a SAM 2.1 model "
+            f"(e.g. --model {DEFAULT_TRACK_MODEL}, or a sam2.1_hiera_*.pt checkpoint)."
+        )
+    return loaded
+
+
+def track_sequence(
+    input: Any,
+    output: str | os.PathLike,
+    seeds: Any,
+    model: Any = None,
+    axes: str | None = None,
+    channel: Any = None,
+    seed_frame: int = 0,
+    overwrite: bool = False,
+    device: str | None = None,
+) -> Generator[Progress, None, TrackResult]:
+    """Track the seeded objects through a sequence into ``output``; a progress generator.
+
+    Args:
+        input: .tif/.tiff/.zarr path or array, (T, Y, X) / (Z, Y, X) (after ``axes``/``channel``).
+        output: ``.zarr`` or ``.tif``/``.tiff``.
+        seeds: label image (path or array): (Y, X) for frame ``seed_frame``, or (T, Y, X) with
+            objects drawn on any frames.
+        model: a SAM 2.1 zoo name, checkpoint path or built model (default sam2.1_hiera_tiny).
+        axes, channel: see :func:`~napari_sam.engine.volumes.sequences.select_sequence`.
+    """
+    from ..images.normalize import check_dtype
+    from ..sam2.frames import FrameSource
+    from ..store.fingerprint import pixel_hash
+    from ..volumes.memory_propagation import MemoryTracker, ObjectPrompt, prompts_from_labels
+    from ..volumes.sequences import select_sequence
+
+    raw, source = open_input(input)
+    file_axes = None
+    if source.path is not None:
+        from ..images.io import open_image
+
+        file_axes = open_image(source.path).axes
+    seq = select_sequence(raw, axes, channel, file_axes=file_axes)
+    frames = seq.frames
+    check_dtype(frames.dtype)
+    frame_source = FrameSource(frames)  # one frame, frames of different sizes: refused here
+    shape = (frame_source.num_frames, frame_source.height, frame_source.width)
+    seed_array, seeds_path = _open_seeds(seeds)
+    prompts = prompts_from_labels(seed_array, shape, seed_frame)
+    job = {"kind": "track", "input": {**input_fingerprint(frames, StackSource(source.path)), "axes": axes,
+                                      "channel": channel},
+           "seeds": pixel_hash(seed_array).hex(), "seed_frame": int(seed_frame),
+           "model": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model)}
+    inputs = tuple(p for p in (source.path, seeds_path) if p)
+    store = StackStore(output, job, shape, overwrite, inputs=inputs)  # checks only
+    sam2 = _load_sam2(model, device)
+    store.open()
+    n = shape[0]
+    done = set(store.verified_done_slices(_Frames(frames)))
+    first = min(p.frame for p in prompts)
+    yield Progress(len(done), n, f"resuming: {len(done)} frames already done" if done else "tracking")
+
+    def write(t: int, plane: np.ndarray) -> None:
+        if t in done:
+            return
+        try:
+            store.write_slice(t, plane, pixel_hash(np.asarray(frames[t])))
+        except BatchWriteError as e:
+            raise resumable(e, store.done_slices()) from e
+        done.add(t)
+
+    kept = len(done)
+    plans = []  # (direction, start, extra prompts)
+    for d in (1, -1):
+        span = range(first, n) if d > 0 else range(first, -1, -1)
+        finished = [t for t in span if t in done]
+        last = None
+        for t in span:  # the last frame of the finished run of frames from the first seed on
+            if t not in done:
+                break
+            last = t
+        if len(finished) == len(span):
+            continue
+        extra = []
+        if last is not None and last != first:
+            plane = np.asarray(store.group["slices"][last])
+            have = {(p.frame, p.obj_id) for p in prompts}
+            extra = [ObjectPrompt(last, int(i), mask=plane == i) for i in np.unique(plane)
+                     if i > 0 and (last, int(i)) not in have]
+        plans.append((d, first if last is None or not extra else last, extra))
+    if len(plans) == 2 and not plans[0][2] and not plans[1][2]:
+        plans = [((1, -1), first, [])]  # a fresh run: both directions in one memory, as uninterrupted
+    for d, start, extra in plans:
+        tracker = MemoryTracker(sam2, frame_source, on_frame=write)
+        tracker.add_prompts(prompts + extra)
+        for _ in tracker.run(start=start, directions=d if isinstance(d, tuple) else (d,)):
+            yield Progress(len(done), n, "tracking")
+    ids = sorted({p.obj_id for p in prompts})
+    try:
+        out = store.group.create_array("labels", shape=shape, chunks=(1, *shape[1:]), dtype="int32", fill_value=0,
+                                       overwrite=True)
+        for t in range(n):
+            out[t] = store.group["slices"][t]
+    except OSError as e:
+        raise BatchWriteError(f"Writing the labels to {store.group_path} failed: {e}", store.done_slices()) from e
+    path = store.finish(len(ids))
+    return TrackResult(path, len(ids), n, kept)
+
+
+class _Frames:
+    """``frames[t]`` as numpy (the resume check hashes exactly what was hashed when written)."""
+
+    def __init__(self, frames: Any) -> None:
+        self._frames = frames
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.asarray(self._frames[t])
+
+
+def track_sequence_blocking(input: Any, output: str | os.PathLike, seeds: Any,
+                            callback: Callable[[Progress], Any] | None = None, show_progress: bool = False,
+                            **kwargs) -> TrackResult | None:
+    """Blocking :func:`track_sequence` (``callback`` returning False cancels and returns None)."""
+    return run_blocking(track_sequence(input, output, seeds, **kwargs), callback=callback,
+                        show_progress=show_progress, description="napari-sam track")
+
+
+__all__ = ["DEFAULT_TRACK_MODEL", "TrackResult", "track_sequence", "track_sequence_blocking"]
