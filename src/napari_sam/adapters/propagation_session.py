@@ -45,6 +45,32 @@ class PropagationSession:
         self.predict_fn, self.segment_slice, self.model = predict_fn, segment_slice, model
         self.stop_requested = False
         self._own: tuple[Any, Any, Any, Any] | None = None  # (model or name, image layer, its array, Segmenter)
+        self._sam2: tuple[str, Any] | None = None  # (zoo name, loaded SAM 2.1 model)
+
+    # ---- SAM 2 -----------------------------------------------------------------------------------
+    def uses_memory(self, name: str | None) -> bool:
+        """Whether runs with model ``name`` track with SAM 2 memory (a SAM 2.1 model) rather than
+        SAM 1 slice-to-slice prompts; decided without loading anything."""
+        if self.predict_fn is not None:
+            return False
+        if self.model is not None:
+            from ..engine.volumes.propagation import is_sam2_model
+
+            return is_sam2_model(self.model)
+        from ..engine.models.zoo import find_entry
+
+        entry = find_entry(name) if isinstance(name, str) else None
+        return entry is not None and entry.family == "sam2"
+
+    def sam2_model(self, name: str | None) -> Any:
+        """The SAM 2.1 model of ``name`` (loaded once and kept; may download)."""
+        if self.model is not None:
+            return self.model
+        if self._sam2 is None or self._sam2[0] != name:
+            from ..engine.models.zoo import load_model
+
+            self._sam2 = (name, load_model(name))
+        return self._sam2[1]
 
     # ---- the segmenter ---------------------------------------------------------------------------
     def segmenter(self, image: Any, name: str | None) -> tuple[Any, Callable[[], Any] | None]:
@@ -104,8 +130,14 @@ class PropagationSession:
         work = before.copy()  # filled in place by propagate(): partial results survive a cancel
         self.stop_requested = False
 
+        memory = self.uses_memory(name)
+
         def run():
-            gen = propagate(self.predictor(image, name), seeds, labels=work, directions=directions)
+            if memory:  # SAM 2.1: all objects at once through the memory bank
+                gen = propagate(self.sam2_model(name), seeds, labels=work, directions=directions,
+                                image=layer_data.layer_array(image))
+            else:
+                gen = propagate(self.predictor(image, name), seeds, labels=work, directions=directions)
             result = yield from self._cancellable(gen, lambda: work)
             index = np.nonzero(before != result)
             return index, before[index], result[index]

@@ -27,10 +27,13 @@ class ModelPicker:
         extra: optional ``() -> list[str]`` of names offered before the zoo's (e.g. the main
             widget's loaded model).
         from_file: whether "from file..." is offered.
+        families: zoo families offered (``("sam", "sam2")`` adds the SAM 2.1 models).
     """
 
-    def __init__(self, label: str = "model", extra: Callable[[], list[str]] | None = None, from_file: bool = True):
+    def __init__(self, label: str = "model", extra: Callable[[], list[str]] | None = None, from_file: bool = True,
+                 families: tuple[str, ...] = ("sam",)):
         self._extra = extra
+        self._families = families
         self._from_file = from_file
         self.combo = ComboBox(label=label, choices=self.choices)
         self.file = FileEdit(label="model file", mode="r", filter=CHECKPOINT_FILTER, visible=False)
@@ -40,7 +43,7 @@ class ModelPicker:
     def choices(self, _widget=None) -> list[str]:
         from ..engine.models.zoo import list_models
 
-        names = [e.name for e in list_models()]
+        names = [e.name for e in list_models(families=self._families)]
         extra = [n for n in (self._extra() if self._extra else []) if n not in names]
         return extra + names + ([FROM_FILE] if self._from_file else [])
 

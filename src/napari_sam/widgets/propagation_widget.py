@@ -1,4 +1,9 @@
-"""Dock widget "Propagate in 3D": carry objects through z, and segment the displayed slice automatically.
+"""Dock widget "Propagate in 3D": carry objects through z or time, and segment the displayed slice automatically.
+
+With a SAM 1 model, objects go slice to slice with prompts from the previous slice; with a SAM 2.1
+model (``sam2.1_hiera_*``) all of them are tracked at once with SAM 2 memory, through a z-stack or a
+time-lapse (T, Y, X) alike, keeping their ids. "Add tracks layer" adds a napari Tracks layer of the
+objects' centroids frame by frame (:mod:`napari_sam.adapters.tracks`).
 
 Runs :func:`napari_sam.engine.volumes.propagation.propagate` (seeds: the Labels layer's objects on the
 displayed slice) and automatic segmentation of the displayed slice (the model's instance decoder or
@@ -53,10 +58,10 @@ class PropagationWidget(Container):
         self._busy = False
         self._watched = None
 
-        self._image = ComboBox(label="image (3D)", choices=self._image_choices, nullable=True)
+        self._image = ComboBox(label="image (3D / time)", choices=self._image_choices, nullable=True)
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
-        self._model = ModelPicker("model", extra=self._main_model, from_file=False).combo
+        self._model = ModelPicker("model", extra=self._main_model, from_file=False, families=("sam", "sam2")).combo
         self._method = MethodChoice("auto: method")
         self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side,
                                tooltip="grid prompts (amg) only")
@@ -65,12 +70,13 @@ class PropagationWidget(Container):
         self._from_here = PushButton(text="Propagate from here")
         self._all = PushButton(text="Propagate all objects on this slice")
         self._auto = PushButton(text="Segment this slice automatically")
+        self._tracks = PushButton(text="Add tracks layer (object centroids)")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status", value="pick a 3D image and a Labels layer")
         self._note = TinyNote(self._model)
         self.extend([self._image, self._labels, self._object, self._model, self._note, self._method, self._points,
-                     self._direction, self._through, self._from_here, self._all, self._auto, self._cancel,
-                     self._status])
+                     self._direction, self._through, self._from_here, self._all, self._tracks, self._auto,
+                     self._cancel, self._status])
 
         self._status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
         self._select_default_model()
@@ -78,6 +84,7 @@ class PropagationWidget(Container):
         self._from_here.changed.connect(lambda _=None: self.propagate_object(DIRECTIONS[self._direction.value]))
         self._all.changed.connect(lambda _=None: self.propagate_all())
         self._auto.changed.connect(lambda _=None: self.segment_slice_automatically())
+        self._tracks.changed.connect(lambda _=None: self.add_tracks())
         self._cancel.changed.connect(self.cancel)
         self._labels.changed.connect(self._watch_labels)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -184,14 +191,30 @@ class PropagationWidget(Container):
         except NapariSamError as e:
             return self._refuse(e)
 
+        how = " with SAM 2 memory" if self.session.uses_memory(self._model.value) else ""
+
         def done(diff):
             n = self.session.write_diff(labels, diff, set(ids))
             what = f"object {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects"
             stopped = self.session.stop_requested
-            self._status.value = f"{'cancelled; kept partial result of' if stopped else 'propagated'} {what} " \
+            self._status.value = f"{'cancelled; kept partial result of' if stopped else 'propagated'} {what}{how} " \
                                  f"from slice {z}: {n} voxels changed"
 
-        return self._start(make_gen, done, f"propagating {len(ids)} object(s) from slice {z}")
+        return self._start(make_gen, done, f"propagating {len(ids)} object(s){how} from slice {z}")
+
+    def add_tracks(self) -> Any:
+        """Add (or update) a Tracks layer of the Labels layer's object centroids on every frame."""
+        from ..adapters.tracks import add_tracks_layer
+
+        labels = self._labels.value
+        if labels is None:
+            return self._refuse(InvalidImageError("Pick the Labels layer of the tracked objects first."))
+        try:
+            layer = add_tracks_layer(self._viewer, labels)
+        except NapariSamError as e:
+            return self._refuse(e)
+        self._status.value = f"tracks of {len(set(layer.data[:, 0].astype(int)))} objects in {layer.name!r}"
+        return layer
 
     def segment_slice_automatically(self) -> Job | None:
         """Automatic masks of the displayed slice, written with new ids on background pixels only."""
@@ -235,7 +258,7 @@ class PropagationWidget(Container):
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
-        for b in (self._through, self._from_here, self._all, self._auto):
+        for b in (self._through, self._from_here, self._all, self._auto, self._tracks):
             b.enabled = not busy
         self._cancel.enabled = busy
 

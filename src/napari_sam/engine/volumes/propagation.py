@@ -260,7 +260,7 @@ def propagate(
         max_slices: stop each object after this many slices per direction (None: no limit).
         image: the (Z, H, W[, 3|4]) stack, needed (only) when ``predict`` is a SAM 2.1 model.
     """
-    if _is_sam2(predict):
+    if is_sam2_model(predict):
         from .memory_propagation import propagate_seeds
 
         return (yield from propagate_seeds(predict, seeds, image, labels=labels, directions=directions,
@@ -336,7 +336,7 @@ def propagate(
     return labels
 
 
-def _is_sam2(obj: Any) -> bool:
+def is_sam2_model(obj: Any) -> bool:
     """Whether ``obj`` is a SAM 2.1 model or video predictor (checked without importing them)."""
     import sys
 
