@@ -6,7 +6,9 @@ temporary folder. Markers, on the line just before a block's fence:
 - ``<!-- doc-test: skip (reason) -->``: not run (installs, downloads, starts an event loop...);
 - ``<!-- doc-test: given NAME ... -->``: runs with the reader's data the text speaks of, made here:
   ``image`` (2D nuclei), ``stack`` (a (Z, Y, X) stack), ``viewer`` (a napari viewer, as napari's
-  console has), and the files ``nuclei.tif``, ``huge.ome.tif``, ``imgs/`` + ``labels/`` (training pairs).
+  console has), and the files ``nuclei.tif``, ``huge.ome.tif``, ``imgs/`` + ``labels/`` (training pairs),
+  ``movie.tif`` + ``seeds.tif`` (a small time-lapse and its objects on frame 0), ``sam2.1_hiera_tiny.pt``
+  (a SAM 2.1 checkpoint file, random weights).
 
 A block containing a ``# needs-download`` line is skipped too (the reason: it needs a download).
 """
@@ -127,8 +129,29 @@ def _training_folders(ns, request):
         tifffile.imwrite(f"labels/cell{i}.tif", lab)
 
 
+def _movie_tif(ns, request):
+    """A small time-lapse (T, Y, X) with TYX metadata, and ``seeds.tif``: its objects on frame 0."""
+    import tifffile
+
+    from napari_sam.samples import synthetic_stack
+
+    movie, labels = synthetic_stack((3, 96, 96), n_cells=3, seed=1)
+    tifffile.imwrite("movie.tif", movie, photometric="minisblack", metadata={"axes": "TYX"})
+    tifffile.imwrite("seeds.tif", labels[0])
+
+
+def _sam2_checkpoint(ns, request):
+    """A SAM 2.1 hiera_tiny checkpoint in Meta's format (random weights: nothing can be downloaded here)."""
+    import torch
+
+    from napari_sam.model.sam2 import build_sam2
+
+    torch.save({"model": build_sam2("sam2.1_hiera_tiny").state_dict()}, "sam2.1_hiera_tiny.pt")
+
+
 GIVEN = {"image": _image, "stack": _stack, "viewer": _viewer, "nuclei.tif": _nuclei_tif,
-         "huge.ome.tif": _huge_ome_tif, "imgs/": _training_folders}
+         "huge.ome.tif": _huge_ome_tif, "imgs/": _training_folders, "movie.tif": _movie_tif,
+         "sam2.1_hiera_tiny.pt": _sam2_checkpoint}
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -69,3 +69,16 @@ def test_tracks_from_labels_rows():
     lab[1, 0, 0] = 3
     data = tracks_from_labels(lab)
     np.testing.assert_allclose(data, [[3, 1, 0, 0], [5, 0, 2.5, 2.5], [5, 2, 6.5, 6.5]])
+
+
+def test_automatic_slice_with_a_sam2_model_is_refused_clearly(make_napari_viewer, monkeypatch, sam2_model):
+    monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
+    from napari_sam.widgets.propagation_widget import PropagationWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 32), np.uint8), name="movie")
+    labels = viewer.add_labels(np.zeros((3, 32, 32), np.int32), name="cells")
+    w = PropagationWidget(viewer, model=sam2_model)
+    w._auto.changed.emit(True)
+    assert "needs a SAM 1 model" in w._status.value
+    assert not np.asarray(labels.data).any()

@@ -148,6 +148,13 @@ class PropagationSession:
                                     name: str | None) -> Callable[[], Generator[Progress, None, Any]]:
         """A factory of the run returning (H, W) automatic labels of slice ``z`` (None when cancelled);
         ``settings.method`` None: the model's decoder when it has one, else grid prompts."""
+        if self.segment_slice is None and self.uses_memory(name):
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"{name} is a SAM 2.1 model, for propagation and tracking; automatic segmentation of a slice "
+                "needs a SAM 1 model: pick one (e.g. the bundled 'tiny') in 'model'."
+            )
         self.stop_requested = False
 
         def run():

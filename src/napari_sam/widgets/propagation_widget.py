@@ -222,10 +222,10 @@ class PropagationWidget(Container):
             return self._job
         try:
             image, labels, z = self._layers_and_slice()
+            settings = AutoSettings(method=self._method.method(), points_per_side=int(self._points.value))
+            make_gen = self.session.segment_slice_automatically(image, z, settings, self._model.value)
         except NapariSamError as e:
             return self._refuse(e)
-        settings = AutoSettings(method=self._method.method(), points_per_side=int(self._points.value))
-        make_gen = self.session.segment_slice_automatically(image, z, settings, self._model.value)
 
         def done(result):
             if result is None:
