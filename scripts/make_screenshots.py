@@ -1,4 +1,4 @@
-"""Screenshots for docs/first-click.md and docs/scripting.md, from a real napari viewer.
+"""Screenshots for docs/first-click.md, docs/scripting.md and docs/timelapse.md, from a real napari viewer.
 
 Run under a virtual display::
 
@@ -8,6 +8,9 @@ The model is the zoo default (the bundled 'tiny') unless ``--model`` names anoth
 without any trained weights it falls back to a random-weight 'tiny' and says so
 in the status line (the masks are then meaningless, the interface is not).
 Work runs inline (NAPARI_SAM_SYNC=1) so every picture is deterministic.
+The time-lapse picture uses ``--sam2`` (a SAM 2.1 zoo name or file); without one it uses random
+SAM 2.1 hiera_tiny weights at a 256 px input and says so in the layer name (the interface is real,
+the masks are not meaningful).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="docs/images")
+    ap.add_argument("--sam2", default=None, help="SAM 2.1 model for the time-lapse picture")
     args = ap.parse_args()
     os.environ["NAPARI_SAM_SYNC"] = "1"
     import warnings
@@ -73,6 +77,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     model, model_name = _load(args.model)  # before the viewer: no heavy import after the GL context
+    sam2, sam2_name = _load_sam2(args.sam2)
 
     import napari
 
@@ -112,7 +117,45 @@ def main() -> None:
     viewer.dims.set_current_step(0, z)
     ctl.add_point(_click_target(struth[z], int(np.bincount(struth[z].ravel())[1:].argmax()) + 1))
     _shot(viewer, out, "stack-slice.png")
+    ctl.clear()
+
+    # time-lapse: cells drawn on frame 0, tracked with SAM 2.1 memory, and their tracks
+    for la in list(viewer.layers):
+        la.visible = False
+    movie, mtruth = synthetic_stack((8, 160, 160), n_cells=5, seed=3)
+    movie_layer = viewer.add_image(movie, name=f"movie ({sam2_name})", colormap="gray")
+    seeds = np.zeros_like(mtruth)
+    seeds[0] = mtruth[0]
+    cells = viewer.add_labels(seeds, name="cells")
+    _, prop = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Propagate in 3D")
+    prop.session.model = sam2
+    prop._image.value, prop._labels.value = movie_layer, cells
+    viewer.dims.set_current_step(0, 0)
+    viewer.reset_view()
+    prop.propagate_all()
+    prop.add_tracks()
+    viewer.dims.set_current_step(0, 5)
+    _shot(viewer, out, "timelapse-tracks.png")
     viewer.close()
+
+
+def _load_sam2(arg: str | None):
+    """(SAM 2.1 model, description): ``arg`` from the zoo or a file, else random hiera_tiny weights."""
+    if arg:
+        from napari_sam.engine.models import zoo
+
+        return zoo.load_model(arg, device="cpu"), str(arg)
+    import torch
+
+    from napari_sam.model.sam2 import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2("sam2.1_hiera_tiny", image_size=256)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(2.0)  # else "absent" everywhere
+    return model, "random SAM 2.1 weights"
 
 
 if __name__ == "__main__":

@@ -172,3 +172,17 @@ def test_bad_input_is_refused_clearly(model, tmp_path):
 
 
 from napari_sam.errors import InvalidImageError  # noqa: E402
+
+
+def test_propagate_with_a_sam2_model_uses_memory_and_keeps_partial_results(model):
+    from napari_sam.engine.volumes.propagation import Seed, propagate, propagate_blocking
+
+    frames, seeds = drifting_cells(5)
+    with pytest.raises(InvalidImageError, match="needs the stack"):
+        next(propagate(model, {1: Seed(2, seeds[2] == 1)}))
+    steps = []
+    labels = propagate_blocking(model, {1: Seed(2, seeds[2] == 1)}, image=frames,
+                                callback=lambda p: steps.append(p.frame) or len(steps) < 2)
+    assert steps == [2, 3]  # cancelled after the second frame
+    assert np.array_equal(labels[2] == 1, seeds[2] == 1)
+    assert not labels[[0, 1, 4]].any()

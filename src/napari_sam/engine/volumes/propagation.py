@@ -351,7 +351,7 @@ def propagate_blocking(predict, seeds, callback: Callable[[Progress], Any] | Non
     holder: dict[str, np.ndarray] = {}
 
     def cb(p):
-        if isinstance(p, PropagationStep) and p.labels is not None:
+        if getattr(p, "labels", None) is not None:  # a PropagationStep, or a TrackingStep (SAM 2)
             holder["labels"] = p.labels
         return None if callback is None else callback(p)
 
