@@ -157,6 +157,8 @@ def lockstep(ours, meta, folder, mask2, size, n_frames):
             per[who].append(time.perf_counter() - t0)
         a, b = (out[w][2] > 0 for w in ("meta", "ours"))
         agree.append(float((a == b).float().mean()))
+        print(json.dumps({"frame": out["ours"][0], "s": {w: round(per[w][-1], 3) for w in per},
+                          "mask_agreement": agree[-1]}), flush=True)
     return {
         "init_s": {"meta": meta_init, "ours": ours_init},
         "per_frame_s": per,

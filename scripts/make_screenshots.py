@@ -120,21 +120,23 @@ def main() -> None:
     ctl.clear()
 
     # time-lapse: cells drawn on frame 0, tracked with SAM 2.1 memory, and their tracks
-    for la in list(viewer.layers):
-        la.visible = False
+    viewer.layers.clear()
     movie, mtruth = synthetic_stack((8, 160, 160), n_cells=5, seed=3)
     movie_layer = viewer.add_image(movie, name=f"movie ({sam2_name})", colormap="gray")
+    t0 = int(np.argmax([len(np.unique(f)) for f in mtruth]))  # the frame with most cells: drawn by hand
     seeds = np.zeros_like(mtruth)
-    seeds[0] = mtruth[0]
+    seeds[t0] = mtruth[t0]
     cells = viewer.add_labels(seeds, name="cells")
     _, prop = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Propagate in 3D")
     prop.session.model = sam2
+    if "sam2.1_hiera_tiny" in prop._model.choices:
+        prop._model.value = "sam2.1_hiera_tiny"
     prop._image.value, prop._labels.value = movie_layer, cells
-    viewer.dims.set_current_step(0, 0)
+    viewer.dims.set_current_step(0, t0)
     viewer.reset_view()
     prop.propagate_all()
     prop.add_tracks()
-    viewer.dims.set_current_step(0, 5)
+    viewer.dims.set_current_step(0, min(t0 + 2, len(movie) - 1))
     _shot(viewer, out, "timelapse-tracks.png")
     viewer.close()
 
