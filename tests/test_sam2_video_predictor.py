@@ -163,9 +163,8 @@ def test_bad_input(tmp_path, ours, jpeg_sequence):
     odd.mkdir()
     for t in range(3):
         Image.fromarray(frames[t] if t != 1 else frames[t, :100]).save(odd / f"{t}.jpg")
-    st = ours.init_state(str(odd))
-    with pytest.raises(InvalidSequenceError, match="different shapes"):
-        ours.add_new_points_or_box(st, 1, obj_id=1, points=[[10, 10]], labels=[1])
+    with pytest.raises(InvalidSequenceError, match="different shapes"):  # refused up front (headers only)
+        ours.init_state(str(odd))
 
     st = ours.init_state(frames)
     with pytest.raises(TrackingError, match="No object has a prompt"):
