@@ -63,3 +63,25 @@ def test_overlaps_add_both_signals():
         total += 1
         more += img[cover >= 2].mean() > img[cover == 1].mean()
     assert total >= 3 and more == total
+
+
+def test_pairs_are_seeded_and_the_held_out_seed_gives_other_images():
+    from napari_sam.training.synthetic_nuclei import NucleiPairs
+
+    train, again = NucleiPairs(6, seed=0, cells_fraction=0.3), NucleiPairs(6, seed=0, cells_fraction=0.3)
+    held_out = NucleiPairs(6, seed=12345, cells_fraction=0.3)
+    for i in range(len(train)):
+        (a_img, a_lab), (b_img, b_lab) = train[i], again[i]
+        assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+        assert a_lab.max() > 0
+        # the labels describe the image: objects are brighter than the background around them
+        assert np.median(a_img[a_lab > 0]) > np.median(a_img[a_lab == 0])
+    train_images = {train[i][0].tobytes() for i in range(6)}
+    assert not train_images & {held_out[i][0].tobytes() for i in range(6)}
+    kinds = [NucleiPairs(200, seed=0, cells_fraction=0.3).kind(i) for i in range(200)]
+    assert 30 <= kinds.count("cells") <= 90
+    assert all(k == "nuclei" for k in (NucleiPairs(50, seed=0).kind(i) for i in range(50)))
+    with pytest.raises(IndexError):
+        train[6]
+    with pytest.raises(ValueError, match="cells_fraction"):
+        NucleiPairs(3, cells_fraction=1.5)

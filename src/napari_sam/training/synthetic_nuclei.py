@@ -167,4 +167,37 @@ def nuclei_sample(seed: int | tuple[int, ...], shape: tuple[int, int] = (256, 25
     raise RuntimeError("could not draw a sample with nuclei")  # pragma: no cover
 
 
-__all__ = ["nuclei_labels", "nuclei_sample", "render_nuclei"]
+class NucleiPairs:
+    """An indexable set of seeded synthetic (image, labels) pairs, mostly widefield-like nuclei.
+
+    Item ``i`` is a nuclei image (:func:`nuclei_sample`) or, with probability
+    ``cells_fraction``, a cells image of :func:`napari_sam.training.synthetic.synthetic_sample`
+    (larger, irregular objects, so prompts keep working beyond nuclei). Everything is
+    determined by (``seed``, ``i``): use one seed for training and another for a held-out set.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shape: tuple[int, int] = (256, 256), cells_fraction: float = 0.0):
+        if not 0.0 <= cells_fraction <= 1.0:
+            raise ValueError(f"cells_fraction must lie in [0, 1], got {cells_fraction}.")
+        self.length, self.seed, self.shape = int(length), int(seed), tuple(shape)
+        self.cells_fraction = float(cells_fraction)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def kind(self, i: int) -> str:
+        """``"nuclei"`` or ``"cells"``: what item ``i`` holds."""
+        draw = np.random.default_rng([self.seed, 101, int(i)]).random()
+        return "cells" if draw < self.cells_fraction else "nuclei"
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        if self.kind(i) == "cells":
+            from .synthetic import synthetic_sample
+
+            return synthetic_sample((self.seed, 53, int(i)), self.shape, "cells")
+        return nuclei_sample((self.seed, int(i)), self.shape)
+
+
+__all__ = ["NucleiPairs", "nuclei_labels", "nuclei_sample", "render_nuclei"]
