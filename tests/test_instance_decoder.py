@@ -196,3 +196,20 @@ def test_wrong_embedding_width_is_a_clear_error():
     dec = InstanceDecoder(InstanceDecoderConfig(embed_dim=256, initial_features=8))
     with pytest.raises(ValueError, match=r"reads \(B, 256, h, w\)"):
         dec(torch.zeros(1, 128, 4, 4))
+
+
+def test_three_stage_decoder_for_8_px_patches(tmp_path):
+    """tiny's decoder: one upsampling stage less, maps at 8 x the embedding grid; depth read back from keys."""
+    cfg = InstanceDecoderConfig(embed_dim=32, initial_features=8, depth=3)
+    dec = InstanceDecoder(cfg)
+    assert cfg.features == (32, 16, 8)
+    assert not any(k.startswith("deconv4.") for k in dec.state_dict())
+    assert dec(torch.randn(2, 32, 12, 10)).shape == (2, 3, 96, 80)
+    torch.save(dec.state_dict(), tmp_path / "d3.pt")
+    back = read_instance_decoder(tmp_path / "d3.pt", embed_dim=32)
+    assert back.config == cfg
+    x = torch.randn(1, 32, 8, 8)
+    assert torch.equal(back(x), dec.eval()(x))
+    assert InstanceDecoderConfig().depth == 4 and InstanceDecoderConfig().features == (512, 256, 128, 64)
+    with pytest.raises(ValueError, match="depth"):
+        InstanceDecoderConfig(depth=1)

@@ -28,6 +28,9 @@ Layout (F = ``initial_features`` = 64, features per level 8F, 4F, 2F, F)::
         concatenate the centre channels of z9 / z6 / z3, conv block
     -> deconv_out (x2, F) -> concat z0 -> decoder_head -> out_conv (3) -> sigmoid
 
+With ``depth=3`` (the bundled ``tiny``: 8 px patches, 32 x 32 embedding, 256 px maps)
+the same layout has one stage less: levels 4F, 2F, F, skip inputs ``deconv1..3``.
+
 The "centre channels" are torch_em's centre crop of a skip input that has twice
 the channels of the upsampled features (its ``Decoder._crop`` crops the channel
 axis too); they are reproduced here for parity.
@@ -58,17 +61,26 @@ class InstanceDecoderConfig:
         out_channels: output maps (3: foreground, centre distance, boundary distance).
         conv_transpose: upsample with transposed 2x2 convolutions instead of bilinear
             interpolation + 1x1 convolution.
+        depth: x2 upsampling stages from the embedding to the output maps (the maps are
+            ``2**depth`` x the embedding grid). 4 in the published decoders (16 px patches:
+            64 -> 1024); 3 for the bundled ``tiny`` (8 px patches: 32 -> 256).
     """
 
     embed_dim: int = 256
     initial_features: int = 64
     out_channels: int = 3
     conv_transpose: bool = False
+    depth: int = 4
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"An instance decoder needs at least 2 upsampling stages, got depth={self.depth}.")
 
     @property
-    def features(self) -> tuple[int, int, int, int]:
+    def features(self) -> tuple[int, ...]:
+        """Channels per level, coarsest first: (8F, 4F, 2F, F) at depth 4, (4F, 2F, F) at depth 3."""
         f = self.initial_features
-        return (8 * f, 4 * f, 2 * f, f)
+        return tuple(f * 2 ** (self.depth - 1 - i) for i in range(self.depth))
 
 
 class _ConvBlock(nn.Module):
@@ -170,13 +182,13 @@ class InstanceDecoder(nn.Module):
     def __init__(self, cfg: InstanceDecoderConfig = InstanceDecoderConfig()) -> None:
         super().__init__()
         self.config = cfg
-        f8, f4, f2, f1 = cfg.features
+        feats = cfg.features
+        f1 = feats[-1]
         self.decoder = _Levels(cfg)
-        self.deconv1 = _UpBlock(cfg, cfg.embed_dim, f8)
-        self.deconv2 = _UpBlock(cfg, f8, f4)
-        self.deconv3 = _UpBlock(cfg, f4, f2)
-        self.deconv4 = _UpBlock(cfg, f2, f1)
-        self.base = _ConvBlock(cfg.embed_dim, f8)
+        # deconv1 .. deconv<depth>: the skip inputs, from 2x to 2**depth x the embedding grid
+        for i, (cin, cout) in enumerate(zip((cfg.embed_dim, *feats[:-1]), feats), start=1):
+            setattr(self, f"deconv{i}", _UpBlock(cfg, cin, cout))
+        self.base = _ConvBlock(cfg.embed_dim, feats[0])
         self.out_conv = nn.Conv2d(f1, cfg.out_channels, 1)
         self.deconv_out = _upsampler(cfg, f1, f1)
         self.decoder_head = _ConvBlock(2 * f1, f1)
@@ -189,7 +201,8 @@ class InstanceDecoder(nn.Module):
             activate: apply the sigmoid (``False`` returns the logits).
 
         Returns:
-            (B, 3, 16 h, 16 w) float maps in the padded encoder-input frame; use
+            (B, 3, s h, s w) float maps (s = ``2**config.depth``, 16 for the published
+            decoders) in the padded encoder-input frame; use
             :func:`to_image_frame` to crop and resize them to the image.
         """
         if embedding.ndim != 4 or embedding.shape[1] != self.config.embed_dim:
@@ -197,12 +210,13 @@ class InstanceDecoder(nn.Module):
                 f"The instance decoder reads (B, {self.config.embed_dim}, h, w) embeddings; "
                 f"got {tuple(embedding.shape)}."
             )
-        z9 = self.deconv1(embedding)
-        z6 = self.deconv2(z9)
-        z3 = self.deconv3(z6)
-        z0 = self.deconv4(z3)
-        x = self.decoder(self.base(embedding), [z9, z6, z3])
-        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        skips = []
+        z = embedding
+        for i in range(1, self.config.depth + 1):
+            z = getattr(self, f"deconv{i}")(z)
+            skips.append(z)
+        x = self.decoder(self.base(embedding), skips[:-1])
+        x = self.decoder_head(torch.cat([self.deconv_out(x), skips[-1]], dim=1))
         x = self.out_conv(x)
         return torch.sigmoid(x) if activate else x
 
@@ -242,7 +256,16 @@ def config_from_state(state: Mapping[str, torch.Tensor], source: str = "decoder 
         initial_features=int(out.shape[1]),
         out_channels=int(out.shape[0]),
         conv_transpose="decoder.samplers.0.block.weight" in state,
+        depth=_depth_from_keys(state),
     )
+
+
+def _depth_from_keys(state: Mapping[str, torch.Tensor]) -> int:
+    """Upsampling stages of a decoder state dict: its highest ``deconv<k>.`` index (4 if none)."""
+    import re
+
+    found = [int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(r"deconv(\d+)\.", k))]
+    return max(found, default=4)
 
 
 def embedded_decoder_state(obj: object) -> dict[str, torch.Tensor] | None:
