@@ -31,6 +31,13 @@ DEFAULTS = dict(
     checkpoint_every=250, checkpoint_minutes=4.0, bf16=True,
 )
 
+# Stage 2 (``--decoder``): from the stage-1 weights (``--init``), train the whole model jointly for
+# prompts and, with a new instance decoder, automatic instance segmentation, on widefield-like nuclei
+# (with a share of cells images so prompts keep working on larger, irregular objects).
+STAGE2 = dict(learning_rate=3e-4, instance_lr=1e-3, warmup_steps=100, instance_weight=1.0)
+DECODER = dict(initial_features=32, depth=3)  # 8 px patches: 32 x 32 embedding -> 256 px maps
+CELLS_FRACTION = 0.25
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--objects", type=int, default=None, help="objects per image and step (default: the recipe's)")
     ap.add_argument("--rounds", type=int, default=None, help="decoder rounds per object (default: the recipe's)")
+    ap.add_argument("--decoder", action="store_true",
+                    help="stage 2: add tiny's instance decoder and train jointly on widefield-like nuclei")
     args = ap.parse_args(argv)
 
     import torch
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
     from napari_sam.training.synthetic import SyntheticPairs
     from napari_sam.training.trainer import TrainConfig, fine_tune
 
-    recipe = {**DEFAULTS, "bf16": not args.fp32}
+    recipe = {**DEFAULTS, **(STAGE2 if args.decoder else {}), "bf16": not args.fp32}
     if args.lr is not None:
         recipe["learning_rate"] = args.lr
     if args.objects is not None:
@@ -65,8 +74,18 @@ def main(argv=None) -> int:
     if args.rounds is not None:
         recipe["n_interactions"] = args.rounds
     cfg = TrainConfig(epochs=1, max_steps=args.steps, seed=args.seed, **recipe)
-    data = SyntheticPairs(length=cfg.images_per_step * args.steps, seed=args.seed, shape=(256, 256))
     model = build_sam("tiny", checkpoint=args.init)  # random init (seeded above) unless --init
+    if args.decoder:
+        from napari_sam.model.instance_decoder import InstanceDecoder, InstanceDecoderConfig
+        from napari_sam.training.synthetic_nuclei import NucleiPairs
+
+        torch.manual_seed(args.seed + 1)
+        model.instance_decoder = InstanceDecoder(
+            InstanceDecoderConfig(embed_dim=model.prompt_encoder.embed_dim, **DECODER))
+        data = NucleiPairs(cfg.images_per_step * args.steps, seed=args.seed, shape=(256, 256),
+                           cells_fraction=CELLS_FRACTION)
+    else:
+        data = SyntheticPairs(length=cfg.images_per_step * args.steps, seed=args.seed, shape=(256, 256))
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "tiny_train.pt"

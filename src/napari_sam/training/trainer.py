@@ -14,7 +14,12 @@ after each optimisation step and returns a :class:`TrainResult`;
    the mask prompt;
 4. loss per round: ``20 * focal + dice`` on the mask (for a single point, the
    minimum over the three multimask outputs), plus MSE between predicted and
-   actual IoU; averaged over rounds.
+   actual IoU; averaged over rounds;
+5. when the model carries an instance decoder (``model.instance_decoder``) and
+   ``instance_weight > 0``: plus ``instance_weight`` x the decoder's loss on the
+   three target maps (:mod:`.instance_loss`), from the same encoder pass (joint
+   training for clicks and automatic instance segmentation, as micro-sam trains).
+   ``instance_lr`` gives the new decoder its own peak learning rate.
 
 Checkpoints: ``out`` is a plain state dict of tensors (the published format,
 loadable by ``build_sam(..., checkpoint=)`` and Meta's package), written
@@ -70,6 +75,8 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # also save when this much time passed since the last save
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (CPU with AMX, recent GPUs)
+    instance_weight: float = 1.0  # weight of the instance decoder's loss (used when the model has a decoder)
+    instance_lr: float | None = None  # the instance decoder's peak learning rate (None: learning_rate)
 
 
 @dataclass
@@ -142,6 +149,16 @@ def _bf16_fallback(device: torch.device) -> bool:
 def _trainable(model, decoder_only: bool) -> list[torch.nn.Parameter]:
     model.image_encoder.requires_grad_(not decoder_only)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _param_groups(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """One optimizer group, or two when the instance decoder has its own peak rate (``lr_scale`` x the schedule)."""
+    decoder = getattr(model, "instance_decoder", None)
+    if decoder is None or cfg.instance_lr is None:
+        return [{"params": params}]
+    own = {id(p) for p in decoder.parameters()}
+    return [{"params": [p for p in params if id(p) not in own], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in own], "lr_scale": cfg.instance_lr / cfg.learning_rate}]
 
 
 def _batch_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
@@ -244,7 +261,7 @@ def training_step_loss(model, samples, cfg: TrainConfig, step: int, device) -> t
     rng = np.random.default_rng([cfg.seed, 31, step])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     img_size = model.image_encoder.img_size
-    images, gts, owners = [], [], []
+    images, gts, owners, labs = [], [], [], []
     for i, (rgb, lab) in enumerate(samples):
         masks = _objects(lab, cfg.objects_per_image, cfg.min_object_pixels, img_size, rng)
         if masks.shape[0] == 0:
@@ -252,9 +269,11 @@ def training_step_loss(model, samples, cfg: TrainConfig, step: int, device) -> t
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
         images.append(model.preprocess(x.to(device)))
         gts.append(masks)
+        labs.append(lab)
         owners += [len(images) - 1] * masks.shape[0]
     if not images:
         return None
+    joint = cfg.instance_weight > 0 and getattr(model, "instance_decoder", None) is not None
     x = torch.stack(images)
     ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.bf16 else torch.autocast(x.device.type, enabled=False)
     with ctx:
@@ -264,9 +283,14 @@ def training_step_loss(model, samples, cfg: TrainConfig, step: int, device) -> t
         else:
             emb = model.image_encoder(x)
         gt = torch.cat(gts)  # stays on the CPU for prompt sampling
-        emb = emb[torch.as_tensor(owners, device=emb.device)]
+        per_object = emb[torch.as_tensor(owners, device=emb.device)]
         is_point = torch.rand(gt.shape[0], generator=gen) < cfg.point_probability
-        return interactive_loss(model, emb, gt, is_point, cfg, gen)
+        loss = interactive_loss(model, per_object, gt, is_point, cfg, gen)
+        if joint:
+            from .instance_loss import instance_step_loss
+
+            loss = loss + cfg.instance_weight * instance_step_loss(model.instance_decoder, emb, labs, img_size)
+        return loss
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
@@ -346,7 +370,8 @@ def fine_tune(
         cfg = replace(cfg, bf16=False)
     model.to(device)
     params = _trainable(model, cfg.decoder_only)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, params, cfg), lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / cfg.images_per_step)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -375,7 +400,7 @@ def fine_tune(
         for step in range(start, total):
             lr = _lr_at(step, total, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             rng = np.random.default_rng([cfg.seed, 17, step])
             idxs = _batch_indices(step, len(pairs), cfg.images_per_step, cfg.seed)
             samples = [_load_sample(pairs, i, img_size, cfg.augment, rng) for i in idxs]
