@@ -476,6 +476,11 @@ def load_model(
             instance_decoders.load_local_decoder(decoder, model)
         elif with_decoder and entry.decoder is not None:
             instance_decoders.load_zoo_decoder(entry, model, progressbar)
+        elif with_decoder and entry.bundled:  # a bundled file may hold its decoder too (instance_decoder.* keys)
+            from ...model.checkpoint import load_weights_only
+
+            path = weights_path(entry.name, progressbar=False)
+            instance_decoders.attach_embedded(load_weights_only(path), model, f"Bundled model {entry.name!r} ({path})")
         return model
 
     check_model(name_or_path)  # a missing file or an unknown name (with "did you mean")
