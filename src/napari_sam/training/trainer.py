@@ -21,7 +21,7 @@ after each optimisation step and returns a :class:`TrainResult`;
    training for clicks and automatic instance segmentation, as micro-sam trains).
    ``instance_lr`` gives the new decoder its own peak learning rate.
 
-Checkpoints: ``out`` is a plain state dict of tensors (the published format,
+Checkpoints (:mod:`.run_state`): ``out`` is a plain state dict of tensors (the published format,
 loadable by ``build_sam(..., checkpoint=)`` and Meta's package), written
 atomically; beside it ``<out>.state.pt`` holds what resuming needs (step,
 model and optimizer state, settings) as tensors and plain types only.
@@ -48,9 +48,7 @@ from ..errors import TrainingError
 from .datasets import as_pair_source, augment_pair, check_pair, prepare_pair
 from .losses import iou_prediction_loss, mask_iou, mask_loss
 from .prompt_sampling import correction_points, noisy_boxes, sample_points
-
-STATE_SUFFIX = ".state.pt"
-
+from .run_state import STATE_SUFFIX, atomic_save, check_output, load_training_state, plain_state_dict, state_path
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -88,36 +86,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     checkpoint: str | None = None
     completed: bool = False
-
-
-def state_path(out: str | os.PathLike) -> Path:
-    """The training-state file beside checkpoint ``out``."""
-    out = Path(out)
-    return out.with_name(out.name + STATE_SUFFIX)
-
-
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def plain_state_dict(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The model's state dict as a plain dict of contiguous CPU tensors (optionally cast floats to ``dtype``)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        out[k] = v.contiguous().clone()
-    return out
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -291,54 +259,6 @@ def training_step_loss(model, samples, cfg: TrainConfig, step: int, device) -> t
 
             loss = loss + cfg.instance_weight * instance_step_loss(model.instance_decoder, emb, labs, img_size)
         return loss
-
-
-def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.is_dir():
-        raise TrainingError(f"The output {out} is a folder; give a file name such as {out / 'model.pt'}.")
-    if resume:
-        return
-    existing = [p for p in (out, state_path(out)) if p.exists()]
-    if existing and not overwrite:
-        raise TrainingError(
-            f"{existing[0]} exists already; pass overwrite=True (--overwrite) to replace it, "
-            "resume=True (--resume) to continue that run, or choose another output name."
-        )
-
-
-STATE_KEYS = ("step", "model", "optimizer", "losses")
-
-
-def load_training_state(sp: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, list[float]]:
-    """Restore model and optimizer from the training-state file ``sp``; returns (step, losses).
-
-    Raises :class:`TrainingError` saying what is wrong with the file and how to go on.
-    """
-    from ..errors import CheckpointError
-    from ..model.checkpoint import load_weights_only
-
-    afresh = "start afresh with --overwrite (without --resume), or delete it"
-    try:
-        state = load_weights_only(sp, what="Training state")
-    except CheckpointError as e:
-        raise TrainingError(f"{e} To give up on that run instead: {afresh}.") from None
-    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
-        have = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
-        raise TrainingError(f"{sp} is not a napari-sam training state (expected the entries {', '.join(STATE_KEYS)}; "
-                            f"found {have}); {afresh}.")
-    saved = state.get("config") or {}
-    if bool(saved.get("decoder_only", cfg.decoder_only)) != cfg.decoder_only:
-        raise TrainingError(
-            f"{sp} was written by a run with decoder_only={saved.get('decoder_only')}; resume with the same setting."
-        )
-    try:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["step"]), [float(v) for v in state["losses"]]
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"{sp} does not fit this model and its settings ({first}); resume with the model and "
-                            f"settings of that run, or {afresh}.") from None
 
 
 def fine_tune(
