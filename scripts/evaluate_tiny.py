@@ -9,7 +9,7 @@ clusters. Reported, with the targets of issue 15:
 
 - automatic F1 at IoU 0.5 (pooled over the images) of the instance decoder ("AIS",
   target >= 0.90) when the checkpoint carries one, of automatic mask generation
-  ("AMG", grid prompts, at the default settings or ``--amg-iou`` / ``--amg-stability``)
+  ("AMG", grid prompts, at tiny's own thresholds from the zoo, or ``--amg-iou`` / ``--amg-stability``)
   and of the classical pipeline (Gaussian, Otsu, distance-transform watershed);
 - mean IoU of one positive click at each nucleus's centre (target >= 0.85; the
   candidate with the highest predicted IoU, as the plugin shows) and of a tight box
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--size", type=int, nargs=2, default=(256, 256), help="image height width")
     ap.add_argument("--amg-images", type=int, default=None, help="score AMG on the first N images only (slow)")
-    ap.add_argument("--amg-iou", type=float, default=None, help="AMG pred_iou_thresh (default: the product's)")
+    ap.add_argument("--amg-iou", type=float, default=None, help="AMG pred_iou_thresh (default: tiny's in the zoo)")
     ap.add_argument("--amg-stability", type=float, default=None, help="AMG stability_score_thresh")
     ap.add_argument("--no-amg", action="store_true")
     ap.add_argument("--out", default=str(REPO / "build/eval_tiny"))
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_sam.engine.automatic.settings import DEFAULTS, AutoSettings
+    from napari_sam.engine.automatic.settings import AutoSettings
     from napari_sam.engine.models.zoo import load_model
     from napari_sam.training.evaluate import evaluate_prompts
     from napari_sam.training.evaluate_automatic import classical_labels, evaluate_automatic
@@ -69,9 +69,11 @@ def main(argv=None) -> int:
         from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
         from napari_sam.engine.progress import run_blocking
 
-        amg_settings = AutoSettings(
-            pred_iou_thresh=DEFAULTS.pred_iou_thresh if args.amg_iou is None else args.amg_iou,
-            stability_score_thresh=DEFAULTS.stability_score_thresh if args.amg_stability is None else args.amg_stability)
+        from napari_sam.engine.models.zoo import get_entry
+
+        amg_settings = AutoSettings(method="amg", pred_iou_thresh=args.amg_iou,
+                                    stability_score_thresh=args.amg_stability).resolved(
+            has_decoder=False, model_defaults=dict(get_entry("tiny").automatic), model_name="tiny")
         amg = SamAutomaticMaskGenerator.from_settings(model, amg_settings)
         subset = NucleiPairs(min(args.amg_images or args.images, args.images), seed=args.seed, shape=tuple(args.size))
         auto["amg"] = {**evaluate_automatic(lambda im: run_blocking(amg.label_slice_iter(im)), subset).summary(),

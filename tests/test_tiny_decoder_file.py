@@ -41,3 +41,13 @@ def test_a_bundled_file_without_decoder_loads_without_one(tmp_path, monkeypatch)
     torch.save(build_sam("tiny").state_dict(), path)
     monkeypatch.setattr(zoo, "bundled_path", lambda entry: path)
     assert zoo.load_model("tiny", device="cpu").instance_decoder is None
+
+
+def test_a_bundled_decoder_is_known_to_the_zoo_without_reading_the_file(monkeypatch):
+    from dataclasses import replace
+
+    from napari_sam.engine.models.auto_defaults import profile
+
+    assert "tiny" not in zoo.decoder_models() and not profile("tiny").has_decoder  # today's weights have none
+    monkeypatch.setitem(zoo.REGISTRY, "tiny", replace(zoo.REGISTRY["tiny"], bundled_decoder=True))
+    assert "tiny" in zoo.decoder_models() and profile("tiny").has_decoder

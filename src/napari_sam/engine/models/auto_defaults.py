@@ -100,7 +100,7 @@ def profile(name_or_path: str | os.PathLike | None) -> ModelProfile:
         name_or_path = default_model_name()
     entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
     if entry is not None:
-        return ModelProfile(entry.name, entry.decoder is not None, entry.automatic)
+        return ModelProfile(entry.name, entry.decoder is not None or entry.bundled_decoder, entry.automatic)
     return ModelProfile(str(name_or_path), _file_has_decoder(Path(name_or_path).expanduser()))
 
 

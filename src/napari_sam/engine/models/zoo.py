@@ -94,6 +94,9 @@ class ModelEntry:
     bundled: bool = False
     package_path: str | None = None
     decoder: DecoderFile | None = None  # trained instance decoder for automatic segmentation
+    #: a bundled file that carries its own instance decoder (``instance_decoder.*`` keys), so
+    #: the zoo can say so without reading the file
+    bundled_decoder: bool = False
     #: the automatic-segmentation thresholds that suit this model, as (setting, value) pairs named like
     #: :class:`~napari_sam.engine.automatic.settings.AutoSettings` fields (see
     #: :mod:`napari_sam.engine.models.auto_defaults`); used where the user gives none
@@ -514,7 +517,7 @@ def load_model(
 
 def decoder_models() -> list[str]:
     """Names of the zoo models that come with a trained instance decoder (automatic segmentation)."""
-    return [e.name for e in list_models() if e.decoder is not None]
+    return [e.name for e in list_models() if e.decoder is not None or e.bundled_decoder]
 
 
 __all__ = ["REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models", "find_entry", "get_entry",
