@@ -1,7 +1,7 @@
 """Evaluate the bundled ``tiny`` model (or any tiny checkpoint) on held-out synthetic images.
 
     python scripts/evaluate_tiny.py                                  # src/napari_sam/weights/tiny.pt
-    python scripts/evaluate_tiny.py --checkpoint /work/train_tiny_ais/tiny_train.pt --images 20 --out results/
+    python scripts/evaluate_tiny.py --checkpoint build/train_tiny_ais/tiny_train.pt --images 20 --out results/
 
 The held-out set is :class:`napari_sam.training.synthetic_nuclei.NucleiPairs` with seed
 12345 (training uses seed 0): widefield-like nuclei, touching and overlapping

@@ -8,13 +8,13 @@
 Stage 2, the instance decoder (``--decoder``): from the stage-1 weights, the whole model
 is trained jointly for prompts and automatic instance segmentation (a new 3-stage UNETR
 decoder, 32 initial features) on widefield-like nuclei; the output file holds SAM and the
-decoder (``instance_decoder.*`` keys). The run started for issue 15 (1 thread, niced, in
+decoder (``instance_decoder.*`` keys). The recorded run (1 thread, niced, in
 the background; 2600 steps, about 6.5 CPU-s per step in fp32 on a 2-core AVX2 CPU)::
 
     cd <repo> && nohup nice -n 10 env PYTHONPATH=<repo>/src python scripts/train_tiny.py --decoder \
         --init src/napari_sam/weights/tiny.pt --fp32 --steps 2600 --threads 1 \
-        --work-dir /work/train_tiny_ais --out /work/train_tiny_ais/tiny.pt \
-        > /work/train_tiny_ais/stdout.txt 2>&1 &
+        --work-dir build/train_tiny_ais --out build/train_tiny_ais/tiny.pt \
+        > build/train_tiny_ais/stdout.txt 2>&1 &
 
 and to continue it after a stop, the same command with ``--resume`` added.
 
