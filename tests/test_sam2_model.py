@@ -160,3 +160,21 @@ def test_sam1_tools_refuse_a_sam2_model_clearly(sam2_file):
     model = napari_sam.load_model(sam2_file, device="cpu")
     with pytest.raises(InvalidParameterError, match="SAM2ImagePredictor"):
         napari_sam.SamPredictor(model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_sam2_weights_are_refused(tmp_path, sam2_state, bad):
+    """A SAM 2.1 file with NaN/inf weights is refused at load, as a SAM 1 file is (issue 14, case 6)."""
+    import napari_sam
+
+    state = {k: v.clone() for k, v in sam2_state.items()}
+    name = next(k for k in state if k.startswith("sam_mask_decoder.") and state[k].is_floating_point())
+    state[name].view(-1)[0] = bad
+    path = tmp_path / "diverged_sam2.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=rf"NaN or infinite.*{name}"):
+        napari_sam.load_model(path, device="cpu")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        build_sam2("sam2.1_hiera_tiny", path)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        build_sam2(None, state)

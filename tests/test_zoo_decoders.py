@@ -207,3 +207,23 @@ def test_recommended_post_processing_travels_with_the_decoder():
     assert recommended_settings("vit_b_em_organelles").center_distance_threshold == 0.3
     assert recommended_settings("vit_b_histopathology") == InstanceMapSettings()  # none published
     assert recommended_settings("vit_b") == InstanceMapSettings() == recommended_settings(None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_decoder_weights_are_refused(tmp_path, tiny_checkpoint, bad):
+    """An instance decoder with NaN/inf weights is refused at load, like the SAM it is attached to."""
+    from napari_sam.model.instance_decoder import read_instance_decoder
+
+    state = torch.load(_decoder_file(tmp_path / "dec.pt"), weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel())
+    state[name].view(-1)[0] = bad
+    torch.save(state, tmp_path / "diverged_dec.pt")
+    with pytest.raises(CheckpointError, match=rf"NaN or infinite.*{name}"):
+        read_instance_decoder(tmp_path / "diverged_dec.pt")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        zoo.load_model(Path(tiny_checkpoint), decoder=tmp_path / "diverged_dec.pt")
+    sam = torch.load(tiny_checkpoint, weights_only=True)  # micro-sam layout: the decoder inside the checkpoint
+    torch.save({"model_state": {"sam." + k: v for k, v in sam.items()}, "decoder_state": state},
+               tmp_path / "combined.pt")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        zoo.load_model(tmp_path / "combined.pt")

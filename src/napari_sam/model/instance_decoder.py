@@ -322,6 +322,9 @@ def build_instance_decoder(
                 shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
                 parts.append(f"{label} keys: {shown}")
         raise CheckpointError("\n".join(parts))
+    from .checkpoint import check_finite
+
+    check_finite(state, source)
     decoder.load_state_dict(state, strict=True)
     return decoder.eval()
 

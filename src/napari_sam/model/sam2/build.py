@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoint import read_state_dict
+from ..checkpoint import check_finite, read_state_dict
 from .config import SAM2_PRESETS, Sam2Config, get_sam2_config, guess_sam2_type
 from .sam2 import SAM2Model
 
@@ -37,6 +37,7 @@ def load_sam2_state(model: SAM2Model, state_dict: Mapping[str, torch.Tensor], so
                 shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
                 parts.append(f"{label} keys: {shown}")
         raise CheckpointError("\n".join(parts))
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
