@@ -120,10 +120,11 @@ def test_segment_stack_writes_linked_labels(tmp_path, suffix):
 
 def test_segment_stack_reads_tiff_and_zarr_paths(tmp_path):
     img, truth = _blob_stack(4)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, imagej=True, metadata={"axes": "ZYX"})  # the file says: slices
     zarr.save_array(str(tmp_path / "in.zarr"), img)
     a = run_blocking(segment_stack(tmp_path / "in.tif", tmp_path / "a.zarr", segment_slice=otsu_labels))
-    b = run_blocking(segment_stack(str(tmp_path / "in.zarr"), tmp_path / "b.zarr", segment_slice=otsu_labels))
+    b = run_blocking(segment_stack(str(tmp_path / "in.zarr"), tmp_path / "b.zarr", segment_slice=otsu_labels,
+                                 axes="zyx"))
     np.testing.assert_array_equal(open_labels(a.path)[:], open_labels(b.path)[:])
     assert _same_partition(np.asarray(open_labels(a.path)[:]), truth[:4])
 
@@ -137,28 +138,28 @@ def test_2d_input_is_one_slice_and_bad_inputs(tmp_path):
     with pytest.raises(InvalidImageError, match="does not exist"):
         segment_stack_blocking(tmp_path / "nope.tif", tmp_path / "n.zarr", segment_slice=otsu_labels)
     with pytest.raises(InvalidImageError, match="z-stack"):
-        segment_stack_blocking(np.zeros((2, 2, 5, 5, 5)), tmp_path / "x.zarr", segment_slice=otsu_labels)
+        segment_stack_blocking(np.zeros((6, 6, 5, 5, 5)), tmp_path / "x.zarr", segment_slice=otsu_labels)
     with pytest.raises(InvalidOutputError, match=".zarr, .tif"):
-        segment_stack_blocking(img, tmp_path / "x.png", segment_slice=otsu_labels)
+        segment_stack_blocking(img, tmp_path / "x.png", segment_slice=otsu_labels, axes="zyx")
 
 
 def test_existing_output_refused_unless_overwrite(tmp_path):
     img, _ = _blob_stack(3)
     for name in ("o.zarr", "o.tif"):
-        segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels)
+        segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels, axes="zyx")
         with pytest.raises(OutputExistsError, match="overwrite"):
-            segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels)
-        r = segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels, overwrite=True)
+            segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels, axes="zyx")
+        r = segment_stack_blocking(img, tmp_path / name, segment_slice=otsu_labels, axes="zyx", overwrite=True)
         assert r.resumed_slices == 0
     # a zarr that is not ours, and an unfinished output of a different job
     zarr.save_array(str(tmp_path / "foreign.zarr"), np.zeros(3))
     with pytest.raises(OutputExistsError, match="not a napari-sam output"):
-        segment_stack_blocking(img, tmp_path / "foreign.zarr", segment_slice=otsu_labels)
-    gen = segment_stack(img, tmp_path / "p.zarr", segment_slice=otsu_labels)
+        segment_stack_blocking(img, tmp_path / "foreign.zarr", segment_slice=otsu_labels, axes="zyx")
+    gen = segment_stack(img, tmp_path / "p.zarr", segment_slice=otsu_labels, axes="zyx")
     next(gen), next(gen)
     gen.close()
     with pytest.raises(OutputExistsError, match="different job"):
-        segment_stack_blocking(img + 1, tmp_path / "p.zarr", segment_slice=otsu_labels)
+        segment_stack_blocking(img + 1, tmp_path / "p.zarr", segment_slice=otsu_labels, axes="zyx")
 
 
 class _Counting:
@@ -227,7 +228,7 @@ def test_real_os_error_from_zarr_becomes_batch_write_error(tmp_path, monkeypatch
 
     monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
     with pytest.raises(BatchWriteError, match="Permission denied.*intact: 0-1") as info:
-        segment_stack_blocking(img, out, segment_slice=otsu_labels)
+        segment_stack_blocking(img, out, segment_slice=otsu_labels, axes="zyx")
     assert info.value.done_slices == [0, 1]
 
 
@@ -246,7 +247,7 @@ def test_real_amg_on_tiny_model(tmp_path, tiny_checkpoint):
     """The default SAM slice segmenter end to end (random weights: checks shapes and plumbing)."""
     pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _blob_stack(2, shape=(40, 48))
-    r = segment_stack_blocking(img, tmp_path / "amg.zarr", model=tiny_checkpoint, device="cpu",
+    r = segment_stack_blocking(img, tmp_path / "amg.zarr", model=tiny_checkpoint, device="cpu", axes="zyx",
                                settings=AutoSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0))
     labels = open_labels(r.path)
     assert labels.shape == (2, 40, 48) and labels.dtype == np.int32

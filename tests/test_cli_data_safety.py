@@ -30,10 +30,12 @@ def _digest(path: Path) -> str:
 
 def _write_stack(path: Path, n_z: int = 2) -> np.ndarray:
     img, _ = two_disc_stack(n_z, (40, 48))
-    if path.suffix == ".zarr":
+    if path.suffix == ".zarr":  # a plain zarr array says nothing about its axes: give it enough slices
+        if 2 <= n_z < 5:
+            img = np.concatenate([img] * 3)
         zarr.save_array(str(path), img)
     else:
-        tifffile.imwrite(path, img, photometric="minisblack")
+        tifffile.imwrite(path, img, photometric="minisblack", metadata={"axes": "ZYX"})
     return img
 
 

@@ -28,7 +28,7 @@ def test_embed_then_segmenter_finds_cache(tiny_model, tiny_checkpoint, tmp_path,
     out = capsys.readouterr().out
     assert "4 embeddings cached" in out and "2 tile(s) of 48x48" in out
     seg = Segmenter(model=tiny_model, device="cpu", tile_shape=(48, 48), halo=(8, 8), cache_dir=cache)
-    seg.set_image(data)
+    seg.set_image(data, axes="zyx")
     assert seg.has_embedding(0) and seg.has_embedding(1)
     calls = []
     seg.predictor.encode = lambda x: calls.append(x) or (_ for _ in ()).throw(AssertionError("encoder ran"))

@@ -73,7 +73,7 @@ def test_predict_slice_takes_a_multi_index(tmp_path, tiny_checkpoint, capsys):
     assert main(["predict", str(tmp_path / "tz.tif"), "--slice", "1,2", "--point", "20", "33",
                  "--out", str(out), "--model", tiny_checkpoint]) == 0
     seg = Segmenter(model=tiny_checkpoint)
-    seg.set_image(data)
+    seg.set_image(data, axes="tzyx")
     np.testing.assert_array_equal(tifffile.imread(out) > 0, seg.segment(points=[(20, 33)], slice_index=(1, 2)))
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "tz.tif"), "--slice", "1", "--point", "20", "33",

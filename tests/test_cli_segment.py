@@ -18,7 +18,7 @@ def _stack(n_z=4, shape=(40, 48)):
 
 def test_tiff_in_tiff_out(tmp_path, otsu_model, capsys):
     img, truth = _stack()
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif"), "--points-per-side", "8",
                "--quiet"])
     assert rc == 0
@@ -41,7 +41,7 @@ def test_zarr_in_zarr_out_2d_and_tile(tmp_path, otsu_model):
 
 def test_existing_output_refused_and_overwrite(tmp_path, otsu_model, capsys):
     img, _ = _stack(2)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
     assert main(args) == 0
     capsys.readouterr()
@@ -53,7 +53,7 @@ def test_existing_output_refused_and_overwrite(tmp_path, otsu_model, capsys):
 
 def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypatch):
     img, _ = _stack(4)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
     from napari_sam.engine.batch import stack_store as batch
 
@@ -79,7 +79,7 @@ def test_bad_arguments(tmp_path, otsu_model, capsys):
     assert main(["segment", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "o.tif")]) == 2
     assert "does not exist" in capsys.readouterr().err
     img, _ = _stack(1)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.png")]) == 2
     assert ".zarr, .tif" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"),
@@ -93,7 +93,7 @@ def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeyp
     from napari_sam.errors import BatchWriteError
 
     img, _ = _stack(3)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
 
     def failing(group_path, z, labels, pixels=None):
         raise BatchWriteError(f"Writing slice {z} to {group_path} failed: read-only file system")
@@ -108,7 +108,7 @@ def test_write_error_exit_code_and_message(tmp_path, otsu_model, capsys, monkeyp
 def test_real_tiny_model(tmp_path, tiny_checkpoint, capsys):
     pytest.importorskip("napari_sam.engine.automatic.amg")
     img, _ = _stack(2)
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     rc = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"), "--model", tiny_checkpoint,
                "--device", "cpu", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
                "0", "--quiet"])

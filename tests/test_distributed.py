@@ -87,7 +87,7 @@ def test_lost_worker_task_is_rerun(tmp_path, client):
 def test_slice_write_is_idempotent(tmp_path):
     img, _ = _stack(2)
     out = tmp_path / "i.zarr"
-    segment_stack_blocking(img, out, segment_slice=otsu_labels)
+    segment_stack_blocking(img, out, segment_slice=otsu_labels, axes="zyx")
     g = zarr.open_group(str(out), mode="r")
     before = g["slices"][:]
     write_slice(str(out), 1, before[1])  # a re-run task writes the same whole slice again

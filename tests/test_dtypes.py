@@ -39,17 +39,17 @@ def test_bool_image_is_the_same_as_its_0_255_image_in_every_api(tiny_model, tiny
     np.testing.assert_array_equal(got, want)
 
     seg = Segmenter(model=tiny_model)
-    seg.set_image(np.stack([mask, mask]))  # used to fail deep in numpy ("boolean subtract")
+    seg.set_image(np.stack([mask, mask]), axes="zyx")  # used to fail deep in numpy ("boolean subtract")
     np.testing.assert_array_equal(seg.segment(points=[(28, 30)], slice_index=1, multimask=False), want[0])
 
-    kw = dict(model=tiny_checkpoint, device="cpu", settings=replace(BATCH_DEFAULTS, points_per_side=2))
+    kw = dict(model=tiny_checkpoint, device="cpu", axes="zyx", settings=replace(BATCH_DEFAULTS, points_per_side=2))
     a = segment_stack_blocking(np.stack([mask, mask]), tmp_path / "b.zarr", **kw)
     b = segment_stack_blocking(np.stack([as_u8, as_u8]), tmp_path / "u.zarr", **kw)
     np.testing.assert_array_equal(open_labels(a.path)[:], open_labels(b.path)[:])
 
     tifffile.imwrite(tmp_path / "mask.tif", np.stack([mask, mask]))
     assert main(["segment", str(tmp_path / "mask.tif"), "--out", str(tmp_path / "c.zarr"), "--model",
-                 tiny_checkpoint, "--device", "cpu", "--points-per-side", "2", "--quiet"]) == 0
+                 tiny_checkpoint, "--device", "cpu", "--points-per-side", "2", "--axes", "ZYX", "--quiet"]) == 0
     np.testing.assert_array_equal(open_labels(tmp_path / "c.zarr")[:], open_labels(a.path)[:])
 
 
@@ -62,7 +62,7 @@ def test_non_numeric_dtypes_are_refused_everywhere_naming_the_dtype(name, tiny_m
     with pytest.raises(InvalidImageError, match=match):
         Segmenter(model=tiny_model).set_image(img)
     with pytest.raises(InvalidImageError, match=match):
-        segment_stack_blocking(np.stack([img, img]), tmp_path / "x.zarr", model="tiny", device="cpu")
+        segment_stack_blocking(np.stack([img, img]), tmp_path / "x.zarr", model="tiny", device="cpu", axes="zyx")
     assert not (tmp_path / "x.zarr").exists()
 
 

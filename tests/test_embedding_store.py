@@ -57,7 +57,7 @@ def _group(cache_dir: Path) -> Path:
 def test_persistent_cache_roundtrip_zarr_v3(tiny_model, tmp_path):
     stack = _stack(3)
     seg, count = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     assert seg.store.persistent is False  # nothing opened before first use
     assert not seg.has_embedding(1)
     computed = seg.ensure_embedding(1)
@@ -72,7 +72,7 @@ def test_persistent_cache_roundtrip_zarr_v3(tiny_model, tmp_path):
     assert feats["zarr_format"] == 3 and feats["data_type"] == "float16"
 
     again, count2 = _segmenter(tiny_model, tmp_path)
-    again.set_image(stack.copy())
+    again.set_image(stack.copy(), axes="zyx")
     assert again.has_embedding(1) and not again.has_embedding(2)
     loaded = again.ensure_embedding(1)
     assert count2.calls == 0
@@ -105,16 +105,16 @@ def test_float16_on_disk_keeps_masks(tiny_model, cells_image):
 def test_changed_data_is_not_served_stale(tiny_model, tmp_path):
     stack = _stack(2)
     seg, count = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     seg.ensure_embedding(0)
     edited = stack.copy()
     edited[0, 3, 3] += 1  # one pixel
-    seg.set_image(edited)
+    seg.set_image(edited, axes="zyx")
     assert not seg.has_embedding(0)
     seg.ensure_embedding(0)
     assert count.calls == 2
     assert len(list(tmp_path.glob("*.zarr"))) == 2  # one group per image identity
-    seg.set_image(stack)  # the original data find their embeddings again
+    seg.set_image(stack, axes="zyx")  # the original data find their embeddings again
     seg.ensure_embedding(0)
     assert count.calls == 2
 
@@ -142,17 +142,17 @@ def _corrupt_one_chunk(group: Path) -> None:
 def test_corrupt_chunk_is_detected_and_recomputed(tiny_model, tmp_path):
     stack = _stack(1)
     seg, _ = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     good = seg.ensure_embedding().features.clone()
     _corrupt_one_chunk(_group(tmp_path))
     again, count = _segmenter(tiny_model, tmp_path)
-    again.set_image(stack)
+    again.set_image(stack, axes="zyx")
     with pytest.warns(CacheWarning, match="corrupt"):
         emb = again.ensure_embedding()
     assert count.calls == 1
     torch.testing.assert_close(emb.features, good)
     third, count3 = _segmenter(tiny_model, tmp_path)  # the recomputed entry was written back
-    third.set_image(stack)
+    third.set_image(stack, axes="zyx")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         third.ensure_embedding()
@@ -162,11 +162,11 @@ def test_corrupt_chunk_is_detected_and_recomputed(tiny_model, tmp_path):
 def test_corrupt_metadata_is_rebuilt(tiny_model, tmp_path):
     stack = _stack(1)
     seg, _ = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     seg.ensure_embedding()
     (_group(tmp_path) / "zarr.json").write_text("{ not json")
     again, count = _segmenter(tiny_model, tmp_path)
-    again.set_image(stack)
+    again.set_image(stack, axes="zyx")
     with pytest.warns(CacheWarning, match="metadata cannot be read"):
         again.ensure_embedding()
     assert count.calls == 1
@@ -176,7 +176,7 @@ def test_corrupt_metadata_is_rebuilt(tiny_model, tmp_path):
 def test_store_from_another_version_or_model_is_recomputed(tiny_model, tmp_path, field, value):
     stack = _stack(1)
     seg, _ = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     seg.ensure_embedding()
     meta_path = _group(tmp_path) / "zarr.json"
     meta = json.loads(meta_path.read_text())
@@ -187,7 +187,7 @@ def test_store_from_another_version_or_model_is_recomputed(tiny_model, tmp_path,
         attrs[field] = value
     meta_path.write_text(json.dumps(meta))
     again, count = _segmenter(tiny_model, tmp_path)
-    again.set_image(stack)
+    again.set_image(stack, axes="zyx")
     with pytest.warns(CacheWarning, match=field):
         again.ensure_embedding()
     assert count.calls == 1
@@ -199,7 +199,7 @@ def test_unwritable_cache_dir_warns_and_falls_back(tiny_model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     seg, count = _segmenter(tiny_model, blocker / "cache")
-    seg.set_image(_stack(1))
+    seg.set_image(_stack(1), axes="zyx")
     with pytest.warns(CacheWarning, match="cannot be written"):
         seg.ensure_embedding()
     assert count.calls == 1 and not seg.store.persistent and seg.has_embedding()
@@ -211,7 +211,7 @@ def test_unwritable_cache_dir_warns_and_falls_back(tiny_model, tmp_path):
 def test_read_only_cache_with_entries_is_still_read(tiny_model, tmp_path, monkeypatch):
     stack = _stack(2)
     seg, _ = _segmenter(tiny_model, tmp_path)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     seg.ensure_embedding(0)
 
     def read_only(self):
@@ -220,7 +220,7 @@ def test_read_only_cache_with_entries_is_still_read(tiny_model, tmp_path, monkey
 
     monkeypatch.setattr(EmbeddingStore, "_probe_writable", read_only)
     again, count = _segmenter(tiny_model, tmp_path)
-    again.set_image(stack)
+    again.set_image(stack, axes="zyx")
     with pytest.warns(CacheWarning, match="cannot be written"):
         again.ensure_embedding(0)
     assert count.calls == 0 and again.store.persistent
@@ -230,7 +230,7 @@ def test_read_only_cache_with_entries_is_still_read(tiny_model, tmp_path, monkey
 
 def test_disk_full_during_write_falls_back_to_memory(tiny_model, tmp_path, monkeypatch):
     seg, count = _segmenter(tiny_model, tmp_path)
-    seg.set_image(_stack(2))
+    seg.set_image(_stack(2), axes="zyx")
     seg.ensure_embedding(0)
     features = seg.store._group["features"]
 
@@ -254,7 +254,7 @@ from napari_sam import Segmenter
 from napari_sam.engine.progress import run_blocking
 stack = np.load(sys.argv[1])
 seg = Segmenter(model=build_sam("tiny", checkpoint=sys.argv[2]), cache_dir=sys.argv[3])
-seg.set_image(stack)
+seg.set_image(stack, axes="zyx")
 for p in seg.precompute():
     print(p.done, flush=True)
 """
@@ -283,7 +283,7 @@ def test_killed_precompute_resumes(tiny_model, tiny_checkpoint, tmp_path):
             proc.kill()
             proc.communicate()
     seg, count = _segmenter(tiny_model, cache)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     assert seg.cache_info()["group"] is not None, err
     before = seg.store.complete_mask()
     n_before = int(before.sum())
@@ -294,7 +294,7 @@ def test_killed_precompute_resumes(tiny_model, tiny_checkpoint, tmp_path):
     assert computed == 4 - n_before == count.calls
     assert seg.store.complete_mask().all()
     fresh, _ = _segmenter(tiny_model, tmp_path / "fresh")
-    fresh.set_image(stack)
+    fresh.set_image(stack, axes="zyx")
     run_all(fresh)
     for i in range(4):
         torch.testing.assert_close(seg.store.get(i, 0).features, fresh.store.get(i, 0).features)
@@ -310,14 +310,14 @@ def run_all_of(seg: Segmenter, slices) -> int:
 
 def test_precompute_cancel_keeps_finished_slices(tiny_model, tmp_path):
     seg, count = _segmenter(tiny_model, tmp_path)
-    seg.set_image(_stack(4, size=32))
+    seg.set_image(_stack(4, size=32), axes="zyx")
     gen = seg.precompute()
     progress = [next(gen), next(gen), next(gen)]  # start, slice 0 done, slice 1 done
     gen.close()
     assert [p.done for p in progress] == [0, 1, 2] and progress[0].total == 4
     assert count.calls == 2
     again, count2 = _segmenter(tiny_model, tmp_path)
-    again.set_image(_stack(4, size=32))
+    again.set_image(_stack(4, size=32), axes="zyx")
     assert [again.has_embedding(i) for i in range(4)] == [True, True, False, False]
     assert run_all(again) == 2 and count2.calls == 2
     assert run_all(again) == 0
@@ -326,18 +326,18 @@ def test_precompute_cancel_keeps_finished_slices(tiny_model, tmp_path):
 def test_tiled_stack_cache(tiny_model, tmp_path):
     stack = _stack(2, size=80)
     seg, count = _segmenter(tiny_model, tmp_path, tile_shape=(48, 48), halo=8)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     n_tiles = len(seg.tile_grid)
     assert n_tiles == 4
     assert run_all_of(seg, [1]) == n_tiles == count.calls
     assert seg.has_embedding(1) and not seg.has_embedding(0)
     m1 = seg.segment(box=(10, 10, 70, 70), slice_index=1)  # spans all four tiles
     again, count2 = _segmenter(tiny_model, tmp_path, tile_shape=(48, 48), halo=8)
-    again.set_image(stack)
+    again.set_image(stack, axes="zyx")
     np.testing.assert_array_equal(again.segment(box=(10, 10, 70, 70), slice_index=1), m1)
     tiled = again.ensure_embedding(1)  # every tile from disk
     assert isinstance(tiled, TiledEmbedding) and len(tiled.tiles) == n_tiles
     assert count2.calls == 0
     other, _ = _segmenter(tiny_model, tmp_path, tile_shape=(48, 48), halo=4)
-    other.set_image(stack)
+    other.set_image(stack, axes="zyx")
     assert not other.has_embedding(1)  # another tiling is another group

@@ -74,7 +74,7 @@ def test_in_place_edit_recomputes_only_the_tiles_it_touched(tiny_model, cells_im
     assert not seg.has_embedding()
 
 
-def _stack(n_z=4):
+def _stack(n_z=6):  # longer than an ambiguous (channels?) leading axis
     from skimage.draw import disk
 
     img = np.full((n_z, 48, 64), 100, np.uint16)

@@ -118,7 +118,7 @@ def test_dask_stack_is_never_computed_whole(tiny_model):
 def test_multiscale_list_uses_level0(tiny_model):
     data = _stack(2, 64, 64)
     seg = Segmenter(model=tiny_model)
-    seg.set_image([data, data[:, ::2, ::2]])
+    seg.set_image([data, data[:, ::2, ::2]], axes="zyx")
     assert seg.spatial_shape == (64, 64) and seg.leading_shape == (2,)
 
 

@@ -29,7 +29,7 @@ def test_stack_slices_are_embedded_separately(tiny_model, cells_image):
     img, _ = cells_image
     stack = np.stack([img, img[::-1].copy(), np.roll(img, 40, axis=1)])
     seg = Segmenter(model=tiny_model, cache_size=2)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     assert seg.leading_shape == (3,) and seg.spatial_shape == img.shape
     e0 = seg.ensure_embedding(0).features
     e1 = seg.ensure_embedding(1).features
@@ -48,7 +48,7 @@ def test_stack_uses_one_intensity_rule(tiny_model, cells_image):
     img, _ = cells_image
     stack = np.stack([img, (img // 4).astype(np.uint16)])
     seg = Segmenter(model=tiny_model)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     lo, hi = seg.intensity_limits()
     assert lo < float(np.percentile(img, 50)) < hi  # limits come from the whole stack
 
@@ -72,7 +72,7 @@ def test_bad_input(tiny_model):
 
 def test_tiling_keywords_keep_the_positional_api(tiny_model):
     seg = Segmenter(tiny_model, None, None, None, 4, tile_shape=64, halo=8)
-    seg.set_image(np.zeros((2, 100, 100), np.uint8))
+    seg.set_image(np.zeros((2, 100, 100), np.uint8), axes="zyx")
     assert seg.tile_grid.grid_shape == (2, 2) and seg.tile_grid.halo == (8, 8)
     assert seg.cache_size == 4 and not seg.store.persistent
     default = Segmenter(tiny_model)  # default tile = the model's input size (256), halo one eighth

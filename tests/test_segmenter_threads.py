@@ -52,9 +52,9 @@ POINT = [(50, 60)]
 def test_threads_on_one_shared_image_get_the_masks_of_their_slice(tiny_model, cells_image, monkeypatch):
     stack = np.stack(_images(cells_image))
     seg = Segmenter(model=tiny_model)
-    seg.set_image(stack)
+    seg.set_image(stack, axes="zyx")
     expected = [seg.segment(points=POINT, slice_index=z, multimask=False) for z in range(3)]
-    seg.set_image(stack)  # fresh caches: threads embed while others predict
+    seg.set_image(stack, axes="zyx")  # fresh caches: threads embed while others predict
     _slow_decoder(seg, monkeypatch)
     results, errors = _run_threads(
         lambda i, r: (i, seg.segment(points=POINT, slice_index=i, multimask=False)))

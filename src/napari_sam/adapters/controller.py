@@ -190,9 +190,7 @@ class SamController:
         self._jobs.invalidate()
         try:
             with self._lock:
-                self.segmenter.set_image(
-                    layer_data.layer_array(self.image_layer), rgb=layer_data.is_rgb(self.image_layer)
-                )
+                self._set_segmenter_image(self.image_layer)
         except NapariSamError as e:
             self._status(str(e), "warning")
             return
@@ -203,10 +201,15 @@ class SamController:
         self._show(None, None)
         self._request_embedding_if_needed()
 
+    def _set_segmenter_image(self, layer: Any) -> None:
+        """Give the segmenter ``layer``'s array with the axes the user sees (call under the lock)."""
+        self.segmenter.set_image(layer_data.layer_array(layer), rgb=layer_data.is_rgb(layer),
+                                 axes=layer_data.layer_axes(layer))
+
     def _bind_image(self) -> None:
         layer = self.image_layer
         with self._lock:
-            self.segmenter.set_image(layer_data.layer_array(layer), rgb=layer_data.is_rgb(layer))
+            self._set_segmenter_image(layer)
         self._jobs.invalidate()
         self._request_embedding_if_needed()
 

@@ -44,6 +44,18 @@ def is_rgb(layer: Any) -> bool:
     return bool(getattr(layer, "rgb", False))
 
 
+def layer_axes(layer: Any) -> str:
+    """Axis letters of an Image layer's array for the engine (``axes=`` of ``Segmenter.set_image``).
+
+    The user sees a layer's axes in napari (its sliders, ``rgb``; napari splits a channel axis into
+    one layer per channel), so its leading axes are slices whatever their length:
+    ``"z" * n + "yx"``, with ``"s"`` appended for an RGB layer.
+    """
+    rgb = is_rgb(layer)
+    n_lead = len(layer_array(layer).shape) - (3 if rgb else 2)
+    return "z" * n_lead + "yx" + ("s" if rgb else "")
+
+
 def spatial_ndim(layer: Any) -> int:
     """Number of non-channel axes of the layer (napari's ``layer.ndim``)."""
     return int(layer.ndim)

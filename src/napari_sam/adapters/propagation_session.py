@@ -89,7 +89,7 @@ class PropagationSession:
             from ..engine.prediction.segmenter import Segmenter
 
             seg = Segmenter(model=source)
-            seg.set_image(array, rgb=layer_data.is_rgb(image))
+            seg.set_image(array, rgb=layer_data.is_rgb(image), axes=layer_data.layer_axes(image))
             self._own = own = (source, layer, array, seg)
         return own[3], None
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
+from ..adapters import layer_data
 from ..errors import NapariSamError
 from ..engine.automatic.settings import BATCH_DEFAULTS, DEFAULTS, AutoSettings
 from .auto_method import MethodChoice, TinyNote
@@ -110,7 +111,8 @@ class BatchWidget(Container):
         if layer.ndim not in (2, 3):
             self._status.value = f"image has {layer.ndim} dimensions; expected a 2D image or a (Z, Y, X) stack"
             return None
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = layer_data.layer_array(layer)
+        axes = layer_data.layer_axes(layer)  # the layer's axes as the user sees them: slices, not a guess
         try:
             output = self._output_path(layer)
             model = None if self.segment_slice is not None else self._picker.spec()
@@ -126,7 +128,7 @@ class BatchWidget(Container):
             min_mask_region_area=BATCH_DEFAULTS.min_mask_region_area)
 
         def make_gen():
-            return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),
+            return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value), axes=axes,
                                  segment_slice=self.segment_slice, settings=settings)
 
         self._job = start_generator_job(

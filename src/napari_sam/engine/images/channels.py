@@ -11,11 +11,17 @@ of several channels), before slicing. Axis meaning comes from, in order:
 
 A shape whose meaning is ambiguous is refused, naming the argument that
 resolves it: a trailing axis of length 2 ((H, W, 2): two channels, not H slices
-of W x 2 pixels); a channel axis with several channels and no ``channel``
-choice. A trailing axis of length 1 is a single channel and is dropped.
+of W x 2 pixels); a leading axis of length 2-4 with nothing saying what it is
+((3, H, W): three channels or three z-slices?); a channel axis with several
+channels and no ``channel`` choice. A trailing axis of length 1 is a single
+channel and is dropped. A leading axis of length 5 or more is read as slices.
+
+tifffile's placeholder axes (``q`` unknown, ``i`` a generic image sequence)
+carry no meaning: such axes count as not given. napari layers are not checked
+here: their axes are what the user sees (the adapters pass them as ``axes``).
 
 Axis letters: ``t`` time, ``c`` channel, ``z`` depth, ``y``/``x`` the plane,
-``s`` colour samples (RGB), others (``q``, ``i``...) are slice axes.
+``s`` colour samples (RGB), others (``t``...) are slice axes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,33 @@ import numpy as np
 from ...errors import InvalidImageError
 
 ChannelChoice = int | Sequence[int] | str | None
+
+#: Longest leading axis that is refused as ambiguous when nothing names it (channels or slices?).
+MAX_AMBIGUOUS_AXIS = 4
+#: tifffile's axis letters that say nothing about an axis: unknown and generic image sequence.
+_PLACEHOLDER_AXES = "qi"
+
+
+def _refuse_short_leading_axes(shape: tuple[int, ...]) -> None:
+    """Refuse a shape whose leading (slice) axes include one of length 2-4: channels or slices?"""
+    guessed_rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+    trailing_channels = len(shape) >= 3 and shape[-1] <= 2 and shape[-2] > 4
+    lead = shape[:-3] if guessed_rgb or trailing_channels else shape[:-2]
+    short = [i for i, n in enumerate(lead) if 2 <= n <= MAX_AMBIGUOUS_AXIS]
+    if not short:
+        return
+    i = short[0]
+    lead_letters = "z" if len(lead) == 1 else "tz" if len(lead) == 2 else "z" * len(lead)
+    plane = shape[len(lead):]
+    tail = "yx" if len(plane) == 2 else "yxs" if guessed_rgb else "yxc"
+    as_slices = lead_letters + tail
+    as_channels = lead_letters[:i] + "c" + lead_letters[i + 1:] + tail
+    raise InvalidImageError(
+        f"Image of shape {shape}: axis {i} has length {lead[i]}, which may be channels or slices (z or time), and "
+        f"nothing says which (no axis metadata). If they are slices, give axes='{as_slices}' "
+        f"(CLI: --axes {as_slices.upper()}); if they are channels, give axes='{as_channels}' with channel=K or "
+        f"channel='mean' (CLI: --axes {as_channels.upper()} --channel K)."
+    )
 
 
 def _check_axes(axes: str, shape: tuple[int, ...]) -> str:
@@ -71,9 +104,10 @@ def select_channels(image: Any, axes: str | None = None, channel: ChannelChoice 
         InvalidImageError: ambiguous shapes, axes that do not fit, channels out of range.
     """
     shape = tuple(int(s) for s in image.shape)
-    if axes is not None and "q" in axes.lower():  # tifffile's "unknown" axes carry no meaning: use the shape
+    if axes is not None and any(a in _PLACEHOLDER_AXES for a in axes.lower()):  # no meaning: use the shape
         axes = None
     if axes is None:
+        _refuse_short_leading_axes(shape)
         if len(shape) >= 3 and shape[-1] <= 2 and shape[-2] > 4:
             if shape[-1] == 1:
                 axes = "i" * (len(shape) - 3) + "yxc"
@@ -133,4 +167,4 @@ def select_channels(image: Any, axes: str | None = None, channel: ChannelChoice 
     return arr.astype(np.float32).mean(axis=ci, dtype=np.float32), rgb
 
 
-__all__ = ["ChannelChoice", "select_channels"]
+__all__ = ["MAX_AMBIGUOUS_AXIS", "ChannelChoice", "select_channels"]
