@@ -72,6 +72,7 @@ class SamController:
         self.segmenter = None
         self.model_name: str | None = None
         self.image_layer = None
+        self._channel_layers: tuple = ()  # layers whose mean the encoder sees; () = the image layer alone
         self.points_layer = None
         self.boxes_layer = None
         self.preview_layer = None
@@ -169,6 +170,7 @@ class SamController:
         self._edit = None
         self.prediction = None
         self._remove_own_layers()
+        self._watch_channels(())
         if self.image_layer is not None:
             self.image_layer.events.data.disconnect(self._on_image_data)
         self.image_layer = layer
@@ -201,10 +203,44 @@ class SamController:
         self._show(None, None)
         self._request_embedding_if_needed()
 
+    @property
+    def channel_layers(self) -> list:
+        """The image layers whose mean the encoder sees (default: the image layer alone)."""
+        return list(self._channel_layers) or ([self.image_layer] if self.image_layer is not None else [])
+
+    def set_channel_layers(self, layers: Any) -> None:
+        """Let the encoder see the mean of ``layers`` (grayscale image layers of the image layer's shape,
+        e.g. the channels napari opened as separate layers); empty or the image layer alone: that layer.
+
+        Prompts, the preview and the labels stay in the image layer's frame. Raises
+        :class:`~napari_sam.errors.InvalidImageError` for layers that cannot be combined.
+        """
+        if self.image_layer is None:
+            raise ImageNotSetError("Pick the image layer before its channels.")
+        chosen = tuple(layer_data.unwrap(layer) for layer in layers or ())
+        if chosen == (self.image_layer,):
+            chosen = ()
+        if chosen == self._channel_layers:
+            return
+        layer_data.channel_input([self.image_layer, *chosen])  # refuse layers that do not fit, before any change
+        self._watch_channels(chosen)
+        self._on_image_data()
+
+    def _watch_channels(self, layers: tuple) -> None:
+        for layer in self._channel_layers:
+            if layer is not self.image_layer:
+                layer.events.data.disconnect(self._on_image_data)
+        self._channel_layers = layers
+        for layer in layers:
+            if layer is not self.image_layer:
+                layer.events.data.connect(self._on_image_data)
+
     def _set_segmenter_image(self, layer: Any) -> None:
-        """Give the segmenter ``layer``'s array with the axes the user sees (call under the lock)."""
-        self.segmenter.set_image(layer_data.layer_array(layer), rgb=layer_data.is_rgb(layer),
-                                 axes=layer_data.layer_axes(layer))
+        """Give the segmenter ``layer``'s array (or the channel composite) with the axes the user sees
+        (call under the lock); the composite goes through the engine's own channel choice."""
+        array, axes, channel = layer_data.channel_input(self._channel_layers or [layer])
+        self.segmenter.set_image(array, rgb=layer_data.is_rgb(layer) if channel is None else False,
+                                 axes=axes, channel=channel)
 
     def _bind_image(self) -> None:
         layer = self.image_layer
@@ -364,6 +400,8 @@ class SamController:
         if layer is self.image_layer:
             self.set_image_layer(None)
             self._status("The image layer was removed; pick another image.")
+        elif any(layer is other for other in self._channel_layers):
+            self.set_channel_layers([other for other in self._channel_layers if other is not layer])
         elif layer is self.points_layer:
             self.points_layer = None
         elif layer is self.boxes_layer:

@@ -56,6 +56,47 @@ def layer_axes(layer: Any) -> str:
     return "z" * n_lead + "yx" + ("s" if rgb else "")
 
 
+def can_be_channels(layer: Any, other: Any) -> bool:
+    """Whether ``other`` can join ``layer`` in a channel composite: both grayscale, same array shape.
+
+    (napari opens a multichannel file as one layer per channel, all of one shape.)
+    """
+    return (not is_rgb(layer) and not is_rgb(other)
+            and tuple(layer_array(layer).shape) == tuple(layer_array(other).shape))
+
+
+def channel_input(layers: Sequence[Any]) -> tuple[Any, str, list[int] | None]:
+    """``(array, axes, channel)`` for the engine's ``set_image`` / ``segment_stack`` from image layers.
+
+    One layer: its array and :func:`layer_axes` (``channel`` None). Several grayscale layers of one
+    shape: a lazy (dask) stack of their arrays along a new leading channel axis ``"c"`` and every
+    channel chosen, so the encoder sees their mean, computed by the engine's own channel choice
+    (:func:`napari_sam.engine.images.channels.select_channels`), slice by slice.
+
+    Raises :class:`InvalidImageError` for no layer, an RGB layer or layers of different shapes.
+    """
+    layers = [unwrap(layer) for layer in layers]
+    if not layers:
+        raise InvalidImageError("Choose at least one image layer for the channels SAM sees.")
+    first = layers[0]
+    if len(layers) == 1:
+        return layer_array(first), layer_axes(first), None
+    bad = [layer.name for layer in layers[1:] if not can_be_channels(first, layer)]
+    if bad or is_rgb(first):
+        raise InvalidImageError(
+            f"A channel composite needs grayscale layers of one shape; {', '.join(bad) or first.name} "
+            f"{'does' if len(bad) <= 1 else 'do'} not match {first.name!r} (shape "
+            f"{tuple(layer_array(first).shape)}{', RGB' if is_rgb(first) else ''}). Choose layers of the same shape."
+        )
+    import dask.array as da
+
+    shape = tuple(int(s) for s in layer_array(first).shape)
+    chunks = (1,) * (len(shape) - 2) + shape[-2:]  # one chunk per 2D slice: a click reads one slice
+    arrays = [a if isinstance(a, da.Array) else da.from_array(a, chunks=chunks, name=False)
+              for a in (layer_array(layer) for layer in layers)]
+    return da.stack(arrays), "c" + layer_axes(first), list(range(len(layers)))
+
+
 def spatial_ndim(layer: Any) -> int:
     """Number of non-channel axes of the layer (napari's ``layer.ndim``)."""
     return int(layer.ndim)

@@ -17,10 +17,10 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
-from ..adapters import layer_data
 from ..errors import NapariSamError
 from ..engine.automatic.settings import BATCH_DEFAULTS, DEFAULTS, AutoSettings
 from .auto_method import MethodChoice, TinyNote
+from .channel_picker import ChannelPicker
 from .model_picker import ModelPicker
 from .workers import Job, start_generator_job
 
@@ -44,6 +44,7 @@ class BatchWidget(Container):
         self.last_result: Any = None
 
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self._channels = ChannelPicker(napari_viewer)
         self._picker = ModelPicker("model")
         self._model, self._model_file = self._picker.combo, self._picker.file
         self._method = MethodChoice()
@@ -55,8 +56,8 @@ class BatchWidget(Container):
         self._run = PushButton(text="Segment stack")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status", value=PICK_IMAGE)
-        self.extend([self._image, self._model, self._model_file, self._method, self._points, self._output,
-                     self._overwrite, self._run, self._cancel, self._status])
+        self.extend([self._image, self._channels.select, self._model, self._model_file, self._method, self._points,
+                     self._output, self._overwrite, self._run, self._cancel, self._status])
 
         self._picker.select_default()
         self._note = TinyNote(self._model)
@@ -64,6 +65,7 @@ class BatchWidget(Container):
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._image.changed.connect(self._idle_status)
+        self._image.changed.connect(self._channels.follow)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_images)
         self._refresh_images()
@@ -78,6 +80,7 @@ class BatchWidget(Container):
         self._image.reset_choices()
         if self._image.value is None and self._image.choices:
             self._image.value = self._image.choices[-1]
+        self._channels.refresh()
         self._idle_status()
 
     def _idle_status(self, _value=None) -> None:
@@ -111,9 +114,9 @@ class BatchWidget(Container):
         if layer.ndim not in (2, 3):
             self._status.value = f"image has {layer.ndim} dimensions; expected a 2D image or a (Z, Y, X) stack"
             return None
-        data = layer_data.layer_array(layer)
-        axes = layer_data.layer_axes(layer)  # the layer's axes as the user sees them: slices, not a guess
         try:
+            # the layer's axes as the user sees them (slices, not a guess), or the chosen channels' composite
+            data, axes, channel = self._channels.engine_input()
             output = self._output_path(layer)
             model = None if self.segment_slice is not None else self._picker.spec()
         except NapariSamError as e:
@@ -128,7 +131,8 @@ class BatchWidget(Container):
             min_mask_region_area=BATCH_DEFAULTS.min_mask_region_area)
 
         def make_gen():
-            return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value), axes=axes,
+            return segment_stack(data, output, model=model, overwrite=bool(self._overwrite.value),
+                                 axes=axes, channel=channel,
                                  segment_slice=self.segment_slice, settings=settings)
 
         self._job = start_generator_job(

@@ -22,6 +22,7 @@ from ..adapters import get_controller
 from ..adapters.keys import KEYS
 from ..adapters.layer_data import ROLE_KEY, unwrap
 from ..errors import NapariSamError
+from .channel_picker import ChannelPicker
 from .model_picker import ModelPicker
 from .workers import Job, start_function_job, start_generator_job, sync_mode
 
@@ -55,6 +56,7 @@ class SamWidget(Container):
         self._model_job: Job | None = None
 
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self._channels = ChannelPicker(self._viewer)
         self._picker = ModelPicker("model")
         self._model, self._model_file = self._picker.combo, self._picker.file
         if _default_model() in self._model.choices:
@@ -81,6 +83,7 @@ class SamWidget(Container):
         self.extend(
             [
                 self._image,
+                self._channels.select,
                 self._model,
                 self._model_file,
                 self._device,
@@ -101,6 +104,7 @@ class SamWidget(Container):
         self.tooltip = "Keys on napari-sam's layers: " + ", ".join(f"{k}: {v}" for k, v in KEYS.items())
 
         self._image.changed.connect(self._on_image)
+        self._channels.select.changed.connect(self._on_channels)
         self._load.clicked.connect(self.load_model)
         self._target.changed.connect(self._on_target)
         self._overwrite.changed.connect(lambda v: setattr(self.controller, "overwrite", bool(v)))
@@ -184,6 +188,7 @@ class SamWidget(Container):
         current = self._image.value
         self._image.reset_choices()
         self._target.reset_choices()
+        self._channels.refresh()
         if current is None and self.controller.image_layer is None:
             self._pick_first_image()
 
@@ -242,6 +247,7 @@ class SamWidget(Container):
         except NapariSamError as e:
             self._report(str(e), "warning")
             return
+        self._channels.follow(layer)
         if layer is not None and self.controller.segmenter is None and self._model_job is None:
             if _default_model() is not None:
                 self._load_soon()
@@ -253,6 +259,16 @@ class SamWidget(Container):
             self.cancel_embedding()
         if self._image.value is not self.controller.image_layer:
             self._image.reset_choices()
+        self._channels.follow(self.controller.image_layer)
+
+    def _on_channels(self, _value=None) -> None:
+        """The encoder sees the mean of the chosen channel layers (the engine's channel choice)."""
+        if self.controller.image_layer is None:
+            return
+        try:
+            self.controller.set_channel_layers(self._channels.layers())
+        except NapariSamError as e:
+            self._report(str(e), "warning")
 
     def _on_target(self, layer) -> None:
         self.controller.target_layer = layer
