@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         seg = Segmenter(model=model, precision=args.precision, cache_dir=tmp / "cache", **tiling)
         timer = EncodeTimer(seg)
         t = time.perf_counter()
-        seg.set_image(stack)
+        seg.set_image(stack, axes="zyx")  # a stack by construction, whatever --slices
         info = seg.cache_info()  # fingerprint + intensity limits + opening the group
         setup_s = time.perf_counter() - t
         gen = seg.precompute(range(args.measure))
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         }
 
         fresh = Segmenter(model=model, precision=args.precision, cache_dir=tmp / "cache", **tiling)
-        fresh.set_image(stack)
+        fresh.set_image(stack, axes="zyx")
         fresh.cache_info()
         hits = []
         for z in range(args.measure):

@@ -41,16 +41,17 @@ class ChannelPicker:
     def follow(self, layer: Any) -> None:
         """The chosen image layer changed: offer its same-shaped layers, select it alone."""
         self._layer = layer_data.unwrap(layer)
-        self.select.reset_choices()
-        self.select.value = [] if self._layer is None else [self._layer]
+        self._select([self._layer])
 
     def refresh(self) -> None:
         """Layers were added or removed: update the list, keeping the selection that still exists."""
-        chosen = list(self.select.value)
+        self._select(list(self.select.value) or [self._layer])
+
+    def _select(self, wanted: list) -> None:
+        """Renew the choices and select those of ``wanted`` still offered (a layer being removed is not)."""
         self.select.reset_choices()
         present = [c[1] for c in self._choices()]
-        kept = [layer for layer in chosen if any(layer is p for p in present)]
-        self.select.value = kept or ([self._layer] if self._layer is not None else [])
+        self.select.value = [layer for layer in wanted if any(layer is p for p in present)]
 
     def layers(self) -> list:
         """The selected layers (the chosen image layer when nothing is selected)."""
