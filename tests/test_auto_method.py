@@ -147,11 +147,11 @@ def test_the_models_thresholds_are_used_unless_the_user_gives_one():
 
 def test_batch_job_records_the_resolved_method_and_thresholds(tmp_path, otsu_model, ais_checkpoint):
     img, _ = two_disc_stack(2, (40, 48))
-    r = segment_stack_blocking(img, tmp_path / "lm.zarr", model="vit_b_lm")  # the zoo entry: nothing downloaded
+    r = segment_stack_blocking(img, tmp_path / "lm.zarr", axes="zyx", model="vit_b_lm")  # the zoo entry: nothing downloaded
     job = zarr.open_group(str(r.path), mode="r").attrs["napari_sam_job"]["job"]["segmenter"]
     assert (job["kind"], job["method"], job["center_distance_threshold"], job["min_size"]) == ("sam-ais", "ais", 0.4, 100)
     assert otsu_model[-1].settings.method == "ais" and otsu_model[-1].settings.is_resolved
-    r = segment_stack_blocking(img, tmp_path / "vb.zarr", model="vit_b",
+    r = segment_stack_blocking(img, tmp_path / "vb.zarr", axes="zyx", model="vit_b",
                                settings=AutoSettings(pred_iou_thresh=0.5, min_mask_region_area=64))
     job = zarr.open_group(str(r.path), mode="r").attrs["napari_sam_job"]["job"]["segmenter"]
     assert (job["method"], job["pred_iou_thresh"], job["stability_score_thresh"]) == ("amg", 0.5, 0.95)
@@ -160,12 +160,12 @@ def test_batch_job_records_the_resolved_method_and_thresholds(tmp_path, otsu_mod
 def test_a_resume_with_another_method_is_refused(tmp_path, otsu_model, ais_checkpoint):
     img, _ = two_disc_stack(4, (40, 48))
     out = tmp_path / "o.zarr"
-    gen = segment_stack(img, out, model=str(ais_checkpoint), settings=AutoSettings(method="amg"))
+    gen = segment_stack(img, out, axes="zyx", model=str(ais_checkpoint), settings=AutoSettings(method="amg"))
     next(gen), next(gen)
     gen.close()  # interrupted after one slice
     with pytest.raises(OutputExistsError):
-        segment_stack_blocking(img, out, model=str(ais_checkpoint))  # auto = ais for this model
-    r = segment_stack_blocking(img, out, model=str(ais_checkpoint), settings=AutoSettings(method="amg"))
+        segment_stack_blocking(img, out, axes="zyx", model=str(ais_checkpoint))  # auto = ais for this model
+    r = segment_stack_blocking(img, out, axes="zyx", model=str(ais_checkpoint), settings=AutoSettings(method="amg"))
     assert r.resumed_slices >= 1  # the same method resumes
 
 
@@ -213,7 +213,7 @@ def test_a_stack_with_empty_slices_links_across_them_correctly(tmp_path, ais_che
     img[2] = 20  # an empty (dark) slice in the middle
     truth[2] = 0
     img = img.astype(np.uint16)
-    r = segment_stack_blocking(img, tmp_path / "o.zarr", model=str(ais_checkpoint), device="cpu",
+    r = segment_stack_blocking(img, tmp_path / "o.zarr", axes="zyx", model=str(ais_checkpoint), device="cpu",
                                settings=AutoSettings(method="ais", min_size=5))
     labels = open_labels(r.path)[:]
     assert labels[2].max() == 0
@@ -235,7 +235,7 @@ def test_decoder_of_another_encoder_is_a_clear_error_and_nothing_is_written(tmp_
     torch.save(bad, tmp_path / "bad.pt")
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(CheckpointError, match="another model"):
-        segment_stack_blocking(np.zeros((2, 32, 32), np.uint8), tmp_path / "o.zarr", model=str(tmp_path / "bad.pt"))
+        segment_stack_blocking(np.zeros((2, 32, 32), np.uint8), tmp_path / "o.zarr", axes="zyx", model=str(tmp_path / "bad.pt"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -243,7 +243,7 @@ def test_ais_on_a_model_without_decoder_names_the_models_and_writes_nothing(tmp_
     import tifffile
 
     img, _ = two_disc_stack(2, (40, 48))
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     code = main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.tif"), "--model", tiny_checkpoint,
                  "--method", "ais", "--quiet"])
     err = capsys.readouterr().err
@@ -256,7 +256,7 @@ def test_the_bundled_model_says_what_it_is_in_one_line(tmp_path, otsu_model, cap
 
     monkeypatch.delenv("NAPARI_SAM_MODEL", raising=False)
     img, _ = two_disc_stack(1, (40, 48))
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "a.tif"), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count(TINY_NOTE) == 1 and "\n" not in TINY_NOTE and "vit_b_lm" in TINY_NOTE
@@ -269,7 +269,7 @@ def test_cli_method_and_thresholds_reach_the_settings(tmp_path, otsu_model):
     import tifffile
 
     img, _ = two_disc_stack(1, (40, 48))
-    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     assert main(["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "a.tif"), "--model", "vit_b_lm",
                  "--center-distance-thresh", "0.3", "--quiet"]) == 0
     s = otsu_model[-1].settings
@@ -287,11 +287,11 @@ def test_ais_stack_on_dask_equals_the_local_run(tmp_path, ais_checkpoint, perfec
     img, truth = two_disc_stack(4, (40, 48))
     settings = AutoSettings(method="ais", min_size=5)
     slice_segmenter._CACHE.clear()
-    local = segment_stack_blocking(img, tmp_path / "local.zarr", model=str(ais_checkpoint), device="cpu",
+    local = segment_stack_blocking(img, tmp_path / "local.zarr", axes="zyx", model=str(ais_checkpoint), device="cpu",
                                    settings=settings)
     # an in-process cluster: tasks run on worker threads of this process (the fake maps apply there too)
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        remote = segment_stack_blocking(img, tmp_path / "remote.zarr", model=str(ais_checkpoint), device="cpu",
+        remote = segment_stack_blocking(img, tmp_path / "remote.zarr", axes="zyx", model=str(ais_checkpoint), device="cpu",
                                         settings=settings, client=client)
     slice_segmenter._CACHE.clear()
     np.testing.assert_array_equal(open_labels(remote.path)[:], open_labels(local.path)[:])

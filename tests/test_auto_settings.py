@@ -61,6 +61,6 @@ def test_segment_stack_refuses_two_different_tiles_and_settings_with_a_callable(
 
     img = np.zeros((2, 32, 32), np.uint8)
     with pytest.raises(InvalidParameterError, match="disagree"):
-        segment_stack_blocking(img, tmp_path / "a.zarr", tile=(16, 16), settings=AutoSettings(tile_shape=(32, 32)))
+        segment_stack_blocking(img, tmp_path / "a.zarr", axes="zyx", tile=(16, 16), settings=AutoSettings(tile_shape=(32, 32)))
     with pytest.raises(InvalidParameterError, match="callable takes none"):
-        segment_stack_blocking(img, tmp_path / "b.zarr", segment_slice=otsu_labels, settings=DEFAULTS)
+        segment_stack_blocking(img, tmp_path / "b.zarr", axes="zyx", segment_slice=otsu_labels, settings=DEFAULTS)
