@@ -28,7 +28,7 @@ def test_time_axis_from_the_argument_or_the_metadata():
     ((20, 30), {}, "one 2-D image"),
     ((3, 20, 30), {"axes": "cyx", "channel": 0}, "no time or z axis"),
     ((4, 5, 20, 30), {"axes": "tzyx"}, "Track one at a time"),
-    ((4, 5, 20, 30), {}, "Cannot tell which axis"),
+    ((4, 5, 20, 30), {}, "channels or slices"),  # refused by the engine's channel rule first
 ])
 def test_refused_clearly(shape, kwargs, message):
     with pytest.raises((InvalidSequenceError, InvalidImageError), match=message):

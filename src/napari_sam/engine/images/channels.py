@@ -14,7 +14,8 @@ resolves it: a trailing axis of length 2 ((H, W, 2): two channels, not H slices
 of W x 2 pixels); a leading axis of length 2-4 with nothing saying what it is
 ((3, H, W): three channels or three z-slices?); a channel axis with several
 channels and no ``channel`` choice. A trailing axis of length 1 is a single
-channel and is dropped. A leading axis of length 5 or more is read as slices.
+channel and is dropped. A leading axis of length 5 or more, or any in front of RGB(A)
+colour samples, is read as slices.
 
 tifffile's placeholder axes (``q`` unknown, ``i`` a generic image sequence)
 carry no meaning: such axes count as not given. napari layers are not checked
@@ -45,14 +46,16 @@ def _refuse_short_leading_axes(shape: tuple[int, ...]) -> None:
     """Refuse a shape whose leading (slice) axes include one of length 2-4: channels or slices?"""
     guessed_rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
     trailing_channels = len(shape) >= 3 and shape[-1] <= 2 and shape[-2] > 4
-    lead = shape[:-3] if guessed_rgb or trailing_channels else shape[:-2]
+    if guessed_rgb:  # colour images: a channel axis beside RGB samples is implausible, the leading axes are slices
+        return
+    lead = shape[:-3] if trailing_channels else shape[:-2]
     short = [i for i, n in enumerate(lead) if 2 <= n <= MAX_AMBIGUOUS_AXIS]
     if not short:
         return
     i = short[0]
     lead_letters = "z" if len(lead) == 1 else "tz" if len(lead) == 2 else "z" * len(lead)
     plane = shape[len(lead):]
-    tail = "yx" if len(plane) == 2 else "yxs" if guessed_rgb else "yxc"
+    tail = "yx" if len(plane) == 2 else "yxc"
     as_slices = lead_letters + tail
     as_channels = lead_letters[:i] + "c" + lead_letters[i + 1:] + tail
     raise InvalidImageError(
