@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import napari_sam.model.mask_decoder as md
+import napari_sam.model.kernels.mask_head as md
 
 
 def test_dense_pe_is_cached_and_follows_the_buffer(tiny_checkpoint):

@@ -3,7 +3,36 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative position embeddings for every (query, key) pair along one axis.
+
+    Args:
+        rel_pos: (L, C) table of embeddings for relative offsets.
+    Returns:
+        (q_size, k_size, C) tensor.
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+def check_compute_dtype(dtype: torch.dtype | None) -> None:
+    """Refuse a ``compute_dtype`` that is not a floating torch dtype (``None`` is allowed)."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"compute_dtype must be a floating torch dtype (e.g. torch.bfloat16) or None, got {dtype!r}.")
 
 
 class LayerNorm2d(nn.Module):
