@@ -27,14 +27,8 @@ def hypernetwork_weights(decoder, tokens: torch.Tensor, which: slice) -> torch.T
     return torch.stack([mlp(tokens[:, 1 + i, :]) for i, mlp in zip(first, mlps)], 1)
 
 
-def masks_from(
-    decoder,
-    src: torch.Tensor,
-    tokens: torch.Tensor,
-    hw: tuple[int, int],
-    which: slice = slice(None),
-    compute_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
+def masks_from(decoder, src: torch.Tensor, tokens: torch.Tensor, hw: tuple[int, int], which: slice = slice(None),
+               compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``MaskDecoder.masks_from``: logits (n, M, 4h, 4w) from image tokens ``src`` (n or 1, h*w, C)."""
     check_compute_dtype(compute_dtype)
     n = tokens.shape[0]

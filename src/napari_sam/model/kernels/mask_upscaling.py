@@ -31,15 +31,8 @@ def kept_low_res(low_shape: tuple[int, int], img_size: int, input_size: tuple[in
     return min(lh, -(-int(input_size[0]) // f_h) + 1), min(lw, -(-int(input_size[1]) // f_w) + 1)
 
 
-def upscale_masks(
-    low_res: torch.Tensor,
-    img_size: int,
-    input_size: tuple[int, ...],
-    original_size: tuple[int, ...],
-    threshold: float | None = None,
-    chunk_pixels: int = 1 << 24,
-    separable: bool | None = None,
-) -> torch.Tensor:
+def upscale_masks(low_res: torch.Tensor, img_size: int, input_size: tuple[int, ...], original_size: tuple[int, ...],
+                  threshold: float | None = None, chunk_pixels: int = 0, separable: bool | None = None) -> torch.Tensor:
     """``mask_decoder.upscale_masks`` (same arguments; ``chunk_pixels`` and ``separable`` unused here)."""
     B, M, lh, lw = low_res.shape
     H, W = int(original_size[0]), int(original_size[1])
