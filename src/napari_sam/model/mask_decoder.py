@@ -15,6 +15,7 @@ from torch import nn
 
 from .common import MLP, LayerNorm2d, check_compute_dtype
 from .kernels import fast_path, mask_head, mask_upscaling
+from .kernels.decoder_attention import PreparedImage
 from .transformer import TwoWayTransformer
 
 
@@ -54,6 +55,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         compute_dtype: torch.dtype | None = None,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks.
 
@@ -65,13 +67,15 @@ class MaskDecoder(nn.Module):
             compute_dtype: dtype of the image tokens in the transformer, of every product with
                 them and of the upscaling (e.g. ``torch.bfloat16``); ``None``: the inputs' dtype.
                 The prompt tokens and both outputs keep the prompts' dtype.
+            prepared: :meth:`prepare_image` of this (batch-1) image, pe and dense embedding, made once
+                for many prompts on one image (the first block's image side is then not projected again).
         Returns:
             low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M),
             M = 3 with ``multimask_output`` else 1.
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl, compute_dtype
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl, compute_dtype, prepared
         )
 
     def predict_masks(
@@ -82,10 +86,11 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         which: slice = slice(None),
         compute_dtype: torch.dtype | None = None,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (B, M, 4h, 4w) and IoU predictions (B, M) of the mask tokens ``which`` (default: all)."""
         tokens, src = self.attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, compute_dtype
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, compute_dtype, prepared
         )
         h, w = image_embeddings.shape[-2:]
         masks = self.masks_from(src, tokens, (h, w), which, compute_dtype)
@@ -98,20 +103,52 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         compute_dtype: torch.dtype | None = None,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer: output tokens (B, 1 + M + K, C) and image tokens (B or 1, h*w, C).
 
-        Token 0 is the IoU token, tokens 1..M the mask tokens. ``compute_dtype``: see :meth:`forward`.
+        Token 0 is the IoU token, tokens 1..M the mask tokens. ``compute_dtype``, ``prepared``:
+        see :meth:`forward`.
         """
         check_compute_dtype(compute_dtype)
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-        # Broadcasting instead of repeating the (1, C, h, w) embedding and positional
-        # encoding B times. Without mask prompts the dense embedding is one vector
-        # expanded over the batch (stride 0), so the image side enters the
-        # transformer once, batch 1, and is shared inside its first layer.
+        image = self._image_side(image_embeddings, dense_prompt_embeddings)
+        return self.transformer(image, image_pe, tokens, compute_dtype, prepared)
+
+    def prepare_image(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        compute_dtype: torch.dtype | None = None,
+    ) -> PreparedImage:
+        """What every prompt on one image shares, for :meth:`forward`'s ``prepared``.
+
+        Args:
+            image_embedding: (1, C, h, w).  image_pe: (1, C, h, w).
+            dense_prompt_embeddings: the dense embedding shared by all prompts, (1, C, h, w) or
+                an expansion of it (no mask input: the no-mask embedding).
+            compute_dtype: as for :meth:`forward` (the prompts must be decoded with the same one).
+        Returns:
+            a :class:`~napari_sam.model.kernels.decoder_attention.PreparedImage`, valid for
+            these inputs and the current weights only.
+        """
+        check_compute_dtype(compute_dtype)
+        image = self._image_side(image_embedding, dense_prompt_embeddings[:1])
+        return self.transformer.prepare_image(image, image_pe, compute_dtype)
+
+    @staticmethod
+    def _image_side(image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """``image_embeddings + dense_prompt_embeddings``, batch 1 where every prompt shares it.
+
+        Broadcasting instead of repeating the (1, C, h, w) embedding and positional
+        encoding B times. Without mask prompts the dense embedding is one vector
+        expanded over the batch (stride 0), so the image side enters the
+        transformer once, batch 1, and is shared inside its first layer.
+        """
         dense = dense_prompt_embeddings
         if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]
@@ -119,7 +156,7 @@ class MaskDecoder(nn.Module):
             if dense.stride(-1) == 0 and dense.stride(-2) == 0:
                 dense = dense[..., :1, :1]  # one vector per prompt set: cast it, not its expansion
             dense = dense.to(image_embeddings.dtype)
-        return self.transformer(image_embeddings + dense, image_pe, tokens, compute_dtype)
+        return image_embeddings + dense
 
     def decode_shared_image(
         self,

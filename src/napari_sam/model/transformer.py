@@ -77,12 +77,16 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    @fast_path(decoder_attention.first_block, applies=lambda *args, prepared=None: prepared is not None)
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor,
+        prepared: decoder_attention.PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N, C) and image tokens ``keys`` (B or 1, h*w, C) -> the same, updated.
 
-        ``keys`` and ``key_pe`` may be in a reduced dtype (bf16/fp16) and stay in it.
+        ``keys`` and ``key_pe`` may be in a reduced dtype (bf16/fp16) and stay in it. ``prepared``
+        (first block only): :meth:`TwoWayTransformer.prepare_image` of these ``keys`` and
+        ``key_pe``, which the fast kernel reads instead of projecting the image side again.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -122,12 +126,38 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def image_tokens(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, compute_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B or 1, C, h, w) image and pe -> (B or 1, h*w, C) tokens in ``compute_dtype`` (``None``: as given).
+
+        The token layout is made contiguous: every image-side product and sum then runs on plain
+        row-major operands (an add of a permuted and a contiguous (4096, 256) tensor is ~20x
+        slower on CPU than of two alike). No copy where the input is already channels-last (the
+        predictor keeps its embedding so).
+        """
+        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if compute_dtype is not None:  # the image side is cast once, here
+            image_embedding, image_pe = image_embedding.to(compute_dtype), image_pe.to(compute_dtype)
+        return image_embedding, image_pe
+
+    def prepare_image(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, compute_dtype: torch.dtype | None = None
+    ) -> decoder_attention.PreparedImage:
+        """The first block's prompt-independent image side for a (1, C, h, w) image (embedding plus
+        the dense prompt embedding shared by every prompt) and its pe, to pass to :meth:`forward`
+        for every prompt on that image."""
+        keys, key_pe = self.image_tokens(image_embedding, image_pe, compute_dtype)
+        return decoder_attention.prepare_first_block(self.layers[0], keys, key_pe)
+
     def forward(
         self,
         image_embedding: torch.Tensor,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         compute_dtype: torch.dtype | None = None,
+        prepared: decoder_attention.PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B or 1, C, h, w) image, (B or 1, C, h, w) pe, (B, N, C) tokens -> tokens, keys (B, h*w, C).
 
@@ -136,19 +166,12 @@ class TwoWayTransformer(nn.Module):
         image tokens: their stream through the layers (LayerNorm computes in fp32
         internally) and every product with them, most of the decoder's work. The
         prompt tokens stay in the inputs' dtype; the returned image tokens are in
-        ``compute_dtype``.
+        ``compute_dtype``. ``prepared``: :meth:`prepare_image` of this image (batch 1) and pe.
         """
-        # (B, h*w, C) token layout, contiguous: every image-side product and sum below then
-        # runs on plain row-major operands (an add of a permuted and a contiguous
-        # (4096, 256) tensor is ~20x slower on CPU than of two alike). No copy where the
-        # input is already channels-last (the predictor keeps its embedding so).
-        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        if compute_dtype is not None:  # the image side is cast once, here
-            image_embedding, image_pe = image_embedding.to(compute_dtype), image_pe.to(compute_dtype)
+        image_embedding, image_pe = self.image_tokens(image_embedding, image_pe, compute_dtype)
         queries, keys = point_embedding, image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, image_pe, prepared=prepared if i == 0 else None)
         q = queries + point_embedding
         k = keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))

@@ -22,6 +22,7 @@ cast back to theirs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,19 @@ def projected(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
 
+def _queries_to_projected_image(
+    attn, q: torch.Tensor, qp: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor
+) -> torch.Tensor:
+    """Prompt tokens q (B, N, C), projected qp (B, N, H*d), attending to the projected heads kh, vh
+    (1, H, HW, d) of a shared image side: every prompt's queries stacked into one product."""
+    H = attn.num_heads
+    B, N, _ = q.shape
+    d = qp.shape[-1] // H
+    qh = _as(qp.reshape(1, B * N, H, d).transpose(1, 2), kh)
+    out = F.scaled_dot_product_attention(qh, kh, vh, scale=1.0 / math.sqrt(d))
+    return attn.out_proj(_as(out.transpose(1, 2).reshape(B, N, H * d), q))
+
+
 def few_queries(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Prompt tokens q (B, N, C) attending to image tokens k, v (1 or B, HW, C)."""
     H = attn.num_heads
@@ -82,12 +96,8 @@ def few_queries(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     d = qp.shape[-1] // H
     scale = 1.0 / math.sqrt(d)
     if k.shape[0] == 1 and B > 1:  # shared image: project it once, stack every prompt's queries
-        qh = _as(qp.reshape(1, B * N, H, d).transpose(1, 2), k)
-        out = F.scaled_dot_product_attention(
-            qh, attn._separate_heads(_linear(k, attn.k_proj)), attn._separate_heads(_linear(v, attn.v_proj)),
-            scale=scale,
-        )
-        return attn.out_proj(_as(out.transpose(1, 2).reshape(B, N, H * d), q))
+        kh, vh = attn._separate_heads(_linear(k, attn.k_proj)), attn._separate_heads(_linear(v, attn.v_proj))
+        return _queries_to_projected_image(attn, q, qp, kh, vh)
     C = k.shape[-1]
     qh = attn._separate_heads(qp)  # (B, H, N, d)
     qk = torch.einsum("bhnd,hdc->bchn", qh, attn.k_proj.weight.view(H, d, C)).reshape(B, C, H * N)
@@ -102,9 +112,13 @@ def few_queries(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 def many_queries(
-    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None,
+    q_heads: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Image tokens q (1 or B, HW, C) attending to prompt tokens k, v (B, N, C); plus ``residual`` if given."""
+    """Image tokens q (1 or B, HW, C) attending to prompt tokens k, v (B, N, C); plus ``residual`` if given.
+
+    ``q_heads``: the (1, H, HW, d) query projection of a batch-1 ``q``, when already computed.
+    """
     H = attn.num_heads
     B, N, C = k.shape
     d = attn.internal_dim // H
@@ -112,8 +126,8 @@ def many_queries(
     kh = attn._separate_heads(attn.k_proj(k))  # (B, H, N, d)
     vh = attn._separate_heads(attn.v_proj(v))
     HW = q.shape[1]
-    if q.shape[0] == 1 and B > 1:  # shared image queries: project once, one product over all prompts' keys
-        qh = attn._separate_heads(_linear(q, attn.q_proj))[0]  # (H, HW, d)
+    if q_heads is not None or (q.shape[0] == 1 and B > 1):  # shared image queries: one product over all prompts' keys
+        qh = (attn._separate_heads(_linear(q, attn.q_proj)) if q_heads is None else q_heads)[0]  # (H, HW, d)
         scores = torch.bmm(qh, _as(kh.permute(1, 3, 0, 2).reshape(H, d, B * N), qh))  # (H, HW, B*N)
         scores = scores.view(H, HW, B, N).permute(2, 0, 3, 1).contiguous()  # (B, H, N, HW)
     else:  # fold the query projection into the keys: (HW, C) @ (C, H*N) instead of projecting HW queries
@@ -132,3 +146,46 @@ def many_queries(
     if residual is None:
         return torch.bmm(p, u)
     return torch.baddbmm(residual, p, u)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """The prompt-independent image side of the two-way transformer's first block.
+
+    Without a mask prompt the first block's image tokens are the embedding plus the constant
+    no-mask embedding: the same for every click on an image. Their projections (token -> image
+    keys and values, image -> token queries) are made once per image here, with the arithmetic
+    of the plain formulation's projections. All tensors are batch 1, in the image side's dtype:
+    ``keys`` and ``keys_with_pe`` (1, HW, C), the projections (1, heads, HW, d).
+    """
+
+    keys: torch.Tensor
+    keys_with_pe: torch.Tensor
+    token_to_image_k: torch.Tensor
+    token_to_image_v: torch.Tensor
+    image_to_token_q: torch.Tensor
+
+
+def prepare_first_block(block, keys: torch.Tensor, key_pe: torch.Tensor) -> PreparedImage:
+    """:class:`PreparedImage` of the first ``TwoWayAttentionBlock`` for image tokens ``keys`` (1, HW, C)."""
+    k = keys + key_pe
+    t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+    return PreparedImage(
+        keys, k, t2i._separate_heads(_linear(k, t2i.k_proj)), t2i._separate_heads(_linear(keys, t2i.v_proj)),
+        i2t._separate_heads(_linear(k, i2t.q_proj)),
+    )
+
+
+def first_block(block, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor,
+                prepared: PreparedImage | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayAttentionBlock.forward`` of the first block, reading the image side from ``prepared``."""
+    queries = block.norm1(block.self_attn(queries, queries, queries))
+    q = queries + query_pe
+    t2i = block.cross_attn_token_to_image
+    attended = _queries_to_projected_image(t2i, q, t2i.q_proj(q), prepared.token_to_image_k, prepared.token_to_image_v)
+    queries = block.norm2(queries + attended)
+    queries = block.norm3(queries + block.mlp(queries))
+    q = queries + query_pe
+    keys = many_queries(block.cross_attn_image_to_token, prepared.keys_with_pe, q, queries, residual=prepared.keys,
+                        q_heads=prepared.image_to_token_q)
+    return queries, block.norm4(keys)
