@@ -113,11 +113,11 @@ def few_queries(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 def many_queries(
     attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None,
-    q_heads: torch.Tensor | None = None,
+    q_heads_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Image tokens q (1 or B, HW, C) attending to prompt tokens k, v (B, N, C); plus ``residual`` if given.
 
-    ``q_heads``: the (1, H, HW, d) query projection of a batch-1 ``q``, when already computed.
+    ``q_heads_t``: the query projection of a batch-1 ``q`` when already computed, as (1, H, d, HW).
     """
     H = attn.num_heads
     B, N, C = k.shape
@@ -126,8 +126,12 @@ def many_queries(
     kh = attn._separate_heads(attn.k_proj(k))  # (B, H, N, d)
     vh = attn._separate_heads(attn.v_proj(v))
     HW = q.shape[1]
-    if q_heads is not None or (q.shape[0] == 1 and B > 1):  # shared image queries: one product over all prompts' keys
-        qh = (attn._separate_heads(_linear(q, attn.q_proj)) if q_heads is None else q_heads)[0]  # (H, HW, d)
+    if q_heads_t is not None:  # (H, B*N, d) @ (H, d, HW): the scores come out in the layout the softmax reads
+        kt = _as(kh, q_heads_t).transpose(0, 1).reshape(H, B * N, d)
+        scores = torch.matmul(kt, q_heads_t[0]).view(H, B, N, HW).transpose(0, 1)  # (B, H, N, HW)
+        scores = scores if B == 1 else scores.contiguous()
+    elif q.shape[0] == 1 and B > 1:  # shared image queries: project once, one product over all prompts' keys
+        qh = attn._separate_heads(_linear(q, attn.q_proj))[0]  # (H, HW, d)
         scores = torch.bmm(qh, _as(kh.permute(1, 3, 0, 2).reshape(H, d, B * N), qh))  # (H, HW, B*N)
         scores = scores.view(H, HW, B, N).permute(2, 0, 3, 1).contiguous()  # (B, H, N, HW)
     else:  # fold the query projection into the keys: (HW, C) @ (C, H*N) instead of projecting HW queries
@@ -156,7 +160,8 @@ class PreparedImage:
     no-mask embedding: the same for every click on an image. Their projections (token -> image
     keys and values, image -> token queries) are made once per image here, with the arithmetic
     of the plain formulation's projections. All tensors are batch 1, in the image side's dtype:
-    ``keys`` and ``keys_with_pe`` (1, HW, C), the projections (1, heads, HW, d).
+    ``keys`` and ``keys_with_pe`` (1, HW, C), the token -> image keys and values (1, heads, HW, d),
+    the image -> token queries transposed, (1, heads, d, HW), as the score product reads them.
     """
 
     keys: torch.Tensor
@@ -172,7 +177,7 @@ def prepare_first_block(block, keys: torch.Tensor, key_pe: torch.Tensor) -> Prep
     t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
     return PreparedImage(
         keys, k, t2i._separate_heads(_linear(k, t2i.k_proj)), t2i._separate_heads(_linear(keys, t2i.v_proj)),
-        i2t._separate_heads(_linear(k, i2t.q_proj)),
+        i2t._separate_heads(_linear(k, i2t.q_proj)).transpose(2, 3).contiguous(),
     )
 
 
@@ -187,5 +192,5 @@ def first_block(block, queries: torch.Tensor, keys: torch.Tensor, query_pe: torc
     queries = block.norm3(queries + block.mlp(queries))
     q = queries + query_pe
     keys = many_queries(block.cross_attn_image_to_token, prepared.keys_with_pe, q, queries, residual=prepared.keys,
-                        q_heads=prepared.image_to_token_q)
+                        q_heads_t=prepared.image_to_token_q)
     return queries, block.norm4(keys)
