@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock, get_rel_pos
+from .common import LayerNorm2d, MLPBlock, get_rel_pos, window_partition, window_unpartition
 from .config import ViTConfig
 from .kernels import encoder_attention, fast_path
 
@@ -82,45 +82,6 @@ def add_decomposed_rel_pos(
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
     attn = attn.view(B, h, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
     return attn.view(B, h * w, h * w)
-
-
-def window_partition(
-    x: torch.Tensor, window_size: int, fill: torch.Tensor | None = None
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Split (B, H, W, C) into non-overlapping windows, padding if needed.
-
-    The padding is zero, or the (C,) vector ``fill`` at every padded position.
-    Returns windows of shape (B * num_windows, ws, ws, C) and the padded (Hp, Wp).
-    """
-    B, H, W, C = x.shape
-    pad_h = (window_size - H % window_size) % window_size
-    pad_w = (window_size - W % window_size) % window_size
-    if (pad_h > 0 or pad_w > 0) and fill is not None:
-        padded = x.new_empty(B, H + pad_h, W + pad_w, C)  # one write of each element (two nested cats wrote twice)
-        padded[:, :H, :W] = x
-        padded[:, :H, W:] = fill
-        padded[:, H:] = fill
-        x = padded
-    elif pad_h > 0 or pad_w > 0:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    Hp, Wp = H + pad_h, W + pad_w
-    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
-    return windows, (Hp, Wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, dropping the padding."""
-    Hp, Wp = pad_hw
-    H, W = hw
-    B = windows.shape[0] // (Hp * Wp // window_size // window_size)
-    x = windows.reshape(B, Hp // window_size, Wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
-    if Hp > H or Wp > W:
-        x = x[:, :H, :W, :].contiguous()
-    return x
 
 
 class Block(nn.Module):

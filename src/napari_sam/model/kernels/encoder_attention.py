@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..common import get_rel_pos
+from ..common import get_rel_pos, window_partition, window_unpartition
 
 # Largest bias block (elements) materialised at once by global attention (~64 MB in fp32).
 _BIAS_CHUNK_ELEMS = 16 * 1024 * 1024
@@ -41,8 +41,6 @@ def block_attention(block, x: torch.Tensor) -> torch.Tensor:
     projects to the qkv bias, so the padding is filled with that bias: the same windows the plain
     formulation attends over.
     """
-    from ..image_encoder import window_partition, window_unpartition
-
     ws = block.window_size
     if ws == 0:
         return attention(block.attn, x)
