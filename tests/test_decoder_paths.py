@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import napari_sam.model.mask_decoder as md
+import napari_sam.model.kernels.mask_head as md
 
 
 def test_dense_pe_is_cached_and_follows_the_buffer(tiny_checkpoint):
@@ -211,3 +211,89 @@ def test_compute_dtype_must_be_a_float_dtype(tiny_model, bad):
         dec(emb, tiny_model.prompt_encoder.get_dense_pe(), sparse, dense, True, compute_dtype=bad)
     with pytest.raises(ValueError, match="compute_dtype"):
         dec.masks_from(torch.zeros(1, 32 * 32, 128), torch.zeros(1, 6, 128), (32, 32), compute_dtype=bad)
+
+
+# ---- the first block's image side, prepared once per image (SamPredictor._prepared_image) ----------
+
+
+def _three_ways(predictor, call):
+    """call(predictor) with the prepared image side, without it, and on the plain reference path."""
+    from napari_sam.engine.prediction.predictor import SamPredictor
+    from napari_sam.model.kernels import use_reference_paths
+
+    prepared = call(predictor)
+    original = SamPredictor._prepares
+    SamPredictor._prepares = property(lambda self: False)
+    try:
+        unprepared = call(predictor)
+    finally:
+        SamPredictor._prepares = original
+    with use_reference_paths():
+        plain = call(predictor)
+    return prepared, unprepared, plain
+
+
+def _same_masks(a, b):
+    import numpy as np
+
+    (ma, ia, la), (mb, ib, lb) = ([x.numpy() if torch.is_tensor(x) else x for x in out] for out in (a, b))
+    np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_allclose(ia, ib, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(la, lb, atol=1e-5 * max(1.0, float(np.abs(lb).max())), rtol=0)
+
+
+def test_prepared_image_side_gives_the_masks_of_the_plain_decoder(tiny_model):
+    import numpy as np
+
+    from napari_sam.engine.prediction.predictor import SamPredictor
+
+    p = SamPredictor(tiny_model, precision="fp32")
+    p.set_image(np.random.default_rng(2).integers(0, 255, (180, 240, 3), dtype=np.uint8))
+    click = dict(point_coords=np.array([[100.0, 80.0], [30.0, 40.0]]), point_labels=np.array([1, 0]))
+    for multimask in (True, False):
+        prepared, unprepared, plain = _three_ways(p, lambda q: q.predict(**click, multimask_output=multimask))
+        assert p._prepared is not None
+        _same_masks(prepared, unprepared)
+        _same_masks(prepared, plain)
+    boxes = torch.tensor([[10.0, 10.0, 120.0, 90.0], [50.0, 60.0, 200.0, 170.0], [0.0, 0.0, 240.0, 180.0]])
+    boxes = p.transform.apply_boxes_torch(boxes, (180, 240))
+    prepared, unprepared, plain = _three_ways(p, lambda q: q.predict_torch(None, None, boxes=boxes))  # 3 prompts
+    _same_masks(prepared, unprepared)
+    _same_masks(prepared, plain)
+    low = prepared[2][:1, :1].numpy()  # a mask input: nothing is shared, nothing prepared is used
+    p._prepared = None
+    masked = _three_ways(p, lambda q: q.predict(**click, mask_input=low[0]))
+    assert p._prepared is None
+    _same_masks(masked[0], masked[2])
+
+
+def test_prepared_image_side_follows_the_embedding_and_the_weights(tiny_checkpoint):
+    import numpy as np
+
+    from napari_sam.engine.prediction.predictor import Embedding, SamPredictor
+    from napari_sam.model import build_sam
+
+    model = build_sam("tiny", checkpoint=tiny_checkpoint)  # its own copy: its weights are changed below
+    p = SamPredictor(model, precision="fp32")
+    feats = torch.randn(1, 128, 32, 32, generator=torch.Generator().manual_seed(4))
+    click = dict(point_coords=np.array([[60.0, 50.0]]), point_labels=np.array([1]))
+    p.set_embedding(Embedding(feats, (200, 240), (213, 256)))
+    p.predict(**click)
+    first = p._prepared[1]
+    p.set_embedding(Embedding(feats, (200, 240), (213, 256)))  # same tensor, new Embedding (as per click)
+    p.predict(**click)
+    assert p._prepared[1] is first
+    p.set_embedding(Embedding(feats.clone(), (200, 240), (213, 256)))  # another tensor
+    p.predict(**click)
+    assert p._prepared[1] is not first
+    second = p._prepared[1]
+    with torch.no_grad():  # fine-tuning changes weights in place
+        model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.5)
+        model.prompt_encoder.no_mask_embed.weight.add_(0.1)
+    got = p.predict(**click)
+    assert p._prepared[1] is not second
+    fresh = SamPredictor(model, precision="fp32")
+    fresh.set_embedding(Embedding(feats.clone(), (200, 240), (213, 256)))
+    with __import__("napari_sam.model.kernels", fromlist=["use_reference_paths"]).use_reference_paths():
+        want = fresh.predict(**click)
+    _same_masks(got, want)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.engine.prediction.predictor import SamPredictor
-from napari_sam.model import image_encoder as ie
+from napari_sam.model.kernels import encoder_attention as ie
 from napari_sam.model.mask_decoder import upscale_masks
 
 

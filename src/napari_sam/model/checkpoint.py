@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -135,8 +135,14 @@ def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], model_type: str) -> None:
-    """Load ``state_dict`` into ``model`` strictly; on mismatch raise a CheckpointError that lists the keys."""
+def check_keys(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], heading: Callable[[], str]
+) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``model``'s (a strict load would fail).
+
+    Raises :class:`CheckpointError`: ``heading()`` (called only on a mismatch; it may raise a more
+    specific error itself), then up to five of the missing, unexpected and wrong-shape keys each.
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -144,18 +150,27 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], mo
         k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
     if missing or unexpected or wrong_shape:
+        parts = [heading()]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError("\n".join(parts))
+
+
+def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], model_type: str) -> None:
+    """Load ``state_dict`` into ``model`` strictly; on mismatch raise a CheckpointError that lists the keys."""
+
+    def heading() -> str:
         guess = guess_model_type(state_dict)
         if guess.startswith("sam2"):
             raise CheckpointError(
                 f"This is a SAM 2.1 checkpoint ({guess!r}), not a {model_type!r} SAM 1 model. Load it with "
                 f"napari_sam.load_model (which recognises SAM 2.1 files) or napari_sam.model.sam2.build_sam2."
             )
-        parts = [f"The checkpoint does not fit a {model_type!r} model (it looks like {guess!r})."]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if keys:
-                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError("\n".join(parts))
+        return f"The checkpoint does not fit a {model_type!r} model (it looks like {guess!r})."
+
+    check_keys(model, state_dict, heading)
     check_finite(state_dict)
     model.load_state_dict(state_dict, strict=True)
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .checkpoint import DECODER_PREFIX
+from .checkpoint import DECODER_PREFIX, check_finite, check_keys
 
 
 @dataclass(frozen=True)
@@ -311,19 +311,7 @@ def build_instance_decoder(
             f"published with this model's encoder."
         )
     decoder = InstanceDecoder(cfg)
-    own = decoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{source} does not fit the instance decoder ({cfg})."]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError("\n".join(parts))
-    from .checkpoint import check_finite
-
+    check_keys(decoder, state, lambda: f"{source} does not fit the instance decoder ({cfg}).")
     check_finite(state, source)
     decoder.load_state_dict(state, strict=True)
     return decoder.eval()

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, window_partition, window_unpartition
 from .config import TinyViTConfig
-from .image_encoder import window_partition, window_unpartition
 
 
 class Conv2dBN(nn.Sequential):

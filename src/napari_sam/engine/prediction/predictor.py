@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ...errors import DeviceError, ImageNotSetError, InvalidImageError, InvalidParameterError, InvalidPromptError
-from ...model.mask_decoder import upscale_masks
+from ...model.kernels.decoder_attention import PreparedImage
+from ...model.mask_decoder import MaskDecoder, upscale_masks
 from ...model.sam import Sam
 from ...model.transforms import ResizeLongestSide
 from .allocator import tune_allocator
@@ -246,6 +247,7 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self._embedding: Embedding | None = None
         self._decoder_features: tuple[torch.Tensor, int | None, torch.Tensor] | None = None
+        self._prepared: tuple[tuple, PreparedImage] | None = None
 
     def _features_for_decoder(self, emb: Embedding) -> torch.Tensor:
         """``emb.features`` in channels-last memory and the decoder's dtype, made once per features tensor.
@@ -262,6 +264,34 @@ class SamPredictor:
             laid_out = f.to(self.decoder_dtype or f.dtype).contiguous(memory_format=torch.channels_last)
             self._decoder_features = cached = (f, version, laid_out)
         return cached[2]
+
+    @property
+    def _prepares(self) -> bool:
+        """Whether the decoder is this package's own (not one replaced on the instance), so it takes ``prepared``."""
+        dec = self.model.mask_decoder
+        return type(dec) is MaskDecoder and "forward" not in vars(dec) and "forward" not in vars(dec.transformer)
+
+    def _prepared_image(self, features: torch.Tensor) -> PreparedImage:
+        """The mask decoder's prompt-independent first-block image side for clicks without a mask
+        input (:meth:`MaskDecoder.prepare_image`), made once per decoder features tensor.
+
+        Keyed by that tensor (see :meth:`_features_for_decoder`) and by the version of every
+        weight it is computed from, so neither a new embedding nor weights changed in place
+        (fine-tuning, ``load_state_dict``) ever reuses a stale one.
+        """
+        model = self.model
+        weights = (model.prompt_encoder.no_mask_embed.weight, model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
+                   *model.mask_decoder.transformer.layers[0].parameters())
+        key = (features, torch.is_inference_mode_enabled(), *((w.data_ptr(), w._version) for w in weights))
+        cached = self._prepared
+        if cached is None or len(cached[0]) != len(key) or cached[0][0] is not features or cached[0][1:] != key[1:]:
+            h, w = model.prompt_encoder.image_embedding_size
+            dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+            prepared = model.mask_decoder.prepare_image(
+                features, model.prompt_encoder.get_dense_pe(self.decoder_dtype), dense, self.decoder_dtype
+            )
+            self._prepared = cached = (key, prepared)
+        return cached[1]
 
     def decoder_features(self) -> torch.Tensor:
         """The current embedding as the mask decoder reads it: (1, C, h, w) channels-last, in
@@ -399,12 +429,15 @@ class SamPredictor:
         else:
             points = None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        features = self._features_for_decoder(emb)
         low_res, iou = self.model.mask_decoder(
-            image_embeddings=self._features_for_decoder(emb),
+            image_embeddings=features,
             image_pe=self.model.prompt_encoder.get_dense_pe(self.decoder_dtype),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             compute_dtype=self.decoder_dtype,
+            # without a mask input the first block's image side is the same for every prompt
+            **({"prepared": self._prepared_image(features)} if mask_input is None and self._prepares else {}),
         )
         return iou, low_res

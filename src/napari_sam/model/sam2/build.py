@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoint import check_finite, read_state_dict
+from ..checkpoint import check_finite, check_keys, read_state_dict
 from .config import SAM2_PRESETS, Sam2Config, get_sam2_config, guess_sam2_type
 from .sam2 import SAM2Model
 
@@ -26,17 +26,9 @@ def load_sam2_state(model: SAM2Model, state_dict: Mapping[str, torch.Tensor], so
             f"{source} holds a SAM 1 model (it looks like {guess_model_type(state_dict)!r}), not SAM 2.1. "
             f"Load it with napari_sam.load_model or build_sam, and use SamPredictor rather than the SAM 2 predictors."
         )
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{source} does not fit a {model.cfg.name!r} model (it looks like {guess_sam2_type(state_dict)!r})."]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError("\n".join(parts))
+    check_keys(model, state_dict, lambda: (
+        f"{source} does not fit a {model.cfg.name!r} model (it looks like {guess_sam2_type(state_dict)!r})."
+    ))
     check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
