@@ -21,7 +21,8 @@ from napari_sam.engine.automatic import slice_segmenter
 from napari_sam.engine.automatic.instance_maps import InstanceMapSettings
 from napari_sam.engine.automatic.settings import BATCH_DEFAULTS, FALLBACK, AutoSettings
 from napari_sam.engine.batch.run import open_labels, segment_stack, segment_stack_blocking
-from napari_sam.engine.models.auto_defaults import TINY_NOTE, profile
+from napari_sam.engine.models.auto_defaults import TINY_NOTE
+from napari_sam.engine.models.model_profile import profile
 from napari_sam.errors import CheckpointError, NoDecoderError, OutputExistsError
 from reference_models import two_disc_stack
 

@@ -46,7 +46,7 @@ def test_a_bundled_file_without_decoder_loads_without_one(tmp_path, monkeypatch)
 def test_a_bundled_decoder_is_known_to_the_zoo_without_reading_the_file(monkeypatch):
     from dataclasses import replace
 
-    from napari_sam.engine.models.auto_defaults import profile
+    from napari_sam.engine.models.model_profile import profile
 
     assert "tiny" not in zoo.decoder_models() and not profile("tiny").has_decoder  # today's weights have none
     monkeypatch.setitem(zoo.REGISTRY, "tiny", replace(zoo.REGISTRY["tiny"], bundled_decoder=True))

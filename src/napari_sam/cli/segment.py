@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.automatic.settings import AutoSettings
     from ..engine.batch.run import segment_stack
-    from ..engine.models.auto_defaults import tiny_note
+    from ..engine.models.model_profile import tiny_note
     from ..engine.progress import run_blocking
     from ..errors import BatchWriteError, InvalidPromptError
 

@@ -41,7 +41,7 @@ class TinyNote(Label):
         self.update_for()
 
     def update_for(self, _value=None) -> None:
-        from ..engine.models.auto_defaults import tiny_note
+        from ..engine.models.model_profile import tiny_note
 
         note = tiny_note(self._combo.value) if isinstance(self._combo.value, str) else None
         self.value = note or ""

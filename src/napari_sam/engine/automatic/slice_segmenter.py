@@ -57,18 +57,18 @@ class SliceSegmenterSpec:
 
     def resolved(self) -> SliceSegmenterSpec:
         """This spec with its settings resolved for its model (method chosen, the model's thresholds
-        filled in; :func:`~napari_sam.engine.models.auto_defaults.profile`: nothing is downloaded)."""
+        filled in; :func:`~napari_sam.engine.models.model_profile.profile`: nothing is downloaded)."""
         if self.settings.is_resolved:
             return self
         from dataclasses import replace
 
-        from ..models.auto_defaults import profile
+        from ..models.model_profile import profile
 
         return replace(self, settings=profile(self.model).resolve(self.settings))
 
     def build(self) -> SegmentSliceFn:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
-        from ..models.auto_defaults import model_profile
+        from ..models.model_profile import model_profile
         from ..models.device import InferenceOptions
         from ..models.zoo import default_model_name, load_model
         from ..progress import run_blocking
@@ -123,7 +123,7 @@ def label_slice_steps(model, image: np.ndarray, settings: AutoSettings, *, model
     model ``model_name``), so ``method=None`` means the decoder when the model has one.
     Returns (H, W) int32 labels, 0 = background.
     """
-    from ..models.auto_defaults import model_profile
+    from ..models.model_profile import model_profile
 
     run = SliceRun(model, model_profile(model, model_name).resolve(settings), options)
     return (yield from run.steps(image, intensity_limits))

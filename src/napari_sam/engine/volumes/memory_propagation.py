@@ -329,8 +329,6 @@ def propagate_seeds(model: Any, seeds: Any, image: Any, labels: Any = None, dire
     """:func:`~napari_sam.engine.volumes.propagation.propagate` with SAM 2 memory: ``seeds``
     ``{label_id: Seed(slice_index, (H, W) bool mask)}`` tracked through ``image`` (Z, H, W[, 3|4])
     from the first seeded slice; ``labels`` (Z, H, W) filled in place (new int32 when None)."""
-    from .propagation import Seed
-
     if image is None:
         raise InvalidImageError("Propagation with a SAM 2.1 model needs the stack: pass image=(Z, H, W) array.")
     if not seeds:
@@ -338,8 +336,8 @@ def propagate_seeds(model: Any, seeds: Any, image: Any, labels: Any = None, dire
     tracker = MemoryTracker(model, image, labels=labels)
     prompts = []
     for lid, s in seeds.items():
-        s = s if isinstance(s, Seed) else Seed(int(s[0]), np.asarray(s[1]))
-        prompts.append(ObjectPrompt(int(s.slice_index), int(lid), mask=np.asarray(s.mask, bool)))
+        index, mask = (s.slice_index, s.mask) if hasattr(s, "slice_index") else (s[0], s[1])  # a Seed or a pair
+        prompts.append(ObjectPrompt(int(index), int(lid), mask=np.asarray(mask, bool)))
     tracker.add_prompts(prompts)
     start = min(p.frame for p in prompts)
     return (yield from tracker.run(start=start, directions=directions, max_frames=max_slices))
