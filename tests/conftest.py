@@ -98,3 +98,20 @@ def otsu_model(monkeypatch):
     slice_segmenter._CACHE.clear()
     yield built
     slice_segmenter._CACHE.clear()
+
+
+@pytest.fixture()
+def click_viewer(make_napari_viewer, monkeypatch, tiny_model):
+    """A real viewer with a 180 x 220 cells image, the main dock widget on the random tiny model:
+    (viewer, controller, image, truth). Embeddings are computed synchronously."""
+    import napari_sam.widgets.main_widget as mw
+    from napari_sam.samples import synthetic_cells
+
+    monkeypatch.setattr(mw, "_default_model", lambda: None)
+    monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
+    viewer = make_napari_viewer()
+    img, truth = synthetic_cells((180, 220), n_cells=8, seed=3)
+    viewer.add_image(img, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
+    widget.set_model(tiny_model, name="tiny-random", precision="fp32")
+    return viewer, widget.controller, img, truth

@@ -12,7 +12,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_sam import SamPredictor  # noqa: E402
-from napari_sam.samples import synthetic_cells  # noqa: E402
 
 
 @dataclass
@@ -44,17 +43,8 @@ def mouse_click(layer, press_rc, release_rc=None, modifiers=()):
 
 
 @pytest.fixture()
-def viewer_ctl(make_napari_viewer, monkeypatch, tiny_model):
-    import napari_sam.widgets.main_widget as mw
-
-    monkeypatch.setattr(mw, "_default_model", lambda: None)
-    monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
-    viewer = make_napari_viewer()
-    img, truth = synthetic_cells((180, 220), n_cells=8, seed=3)
-    viewer.add_image(img, name="cells")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
-    widget.set_model(tiny_model, name="tiny-random", precision="fp32")
-    ctl = widget.controller
+def viewer_ctl(click_viewer):
+    _, ctl, img, truth = click_viewer
     ctl.ensure_prompt_layers()
     ctl.embed_now()
     return ctl, img, truth

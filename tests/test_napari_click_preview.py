@@ -10,25 +10,10 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_sam import SamPredictor  # noqa: E402
-from napari_sam.samples import synthetic_cells  # noqa: E402
 
 
-@pytest.fixture()
-def viewer_widget(make_napari_viewer, monkeypatch, tiny_model):
-    import napari_sam.widgets.main_widget as mw
-
-    monkeypatch.setattr(mw, "_default_model", lambda: None)
-    monkeypatch.setenv("NAPARI_SAM_SYNC", "1")
-    viewer = make_napari_viewer()
-    img, truth = synthetic_cells((180, 220), n_cells=8, seed=3)
-    viewer.add_image(img, name="cells")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
-    widget.set_model(tiny_model, name="tiny-random", precision="fp32")
-    return viewer, widget.controller, img, truth
-
-
-def test_preview_redraw_and_accepted_masks_match_predictor(viewer_widget, tiny_model):
-    viewer, ctl, img, truth = viewer_widget
+def test_preview_redraw_and_accepted_masks_match_predictor(click_viewer, tiny_model):
+    viewer, ctl, img, truth = click_viewer
     p = SamPredictor(tiny_model, precision="fp32")
     p.set_image(img)
     rows, cols = np.nonzero(truth)
