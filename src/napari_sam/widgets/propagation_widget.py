@@ -61,7 +61,8 @@ class PropagationWidget(Container):
         self._image = ComboBox(label="image (3D / time)", choices=self._image_choices, nullable=True)
         self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self._object = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
-        self._model = ModelPicker("model", extra=self._main_model, from_file=False, families=("sam", "sam2")).combo
+        self._picker = ModelPicker("model", extra=self._main_model, from_file=False, families=("sam", "sam2"))
+        self._model = self._picker.combo
         self._method = MethodChoice("auto: method")
         self._points = SpinBox(label="auto: points per side", min=1, max=128, value=DEFAULTS.points_per_side,
                                tooltip="grid prompts (amg) only")
@@ -117,16 +118,8 @@ class PropagationWidget(Container):
 
     def _select_default_model(self) -> None:
         """The model loaded in napari-sam's main widget (embeddings are then shared), else the default."""
-        from ..adapters.registry import get_controller
-        from ..engine.models.zoo import default_model_name
-
-        ctl = get_controller(self._viewer, create=False)
-        try:
-            name = ctl.model_name if ctl is not None and ctl.model_name else default_model_name()
-        except NapariSamError:
-            return
-        if name in self._model.choices:
-            self._model.value = name
+        main = self._main_model()
+        self._picker.select_default(preferred=main[0] if main else None)
 
     def _refresh(self, _event=None) -> None:
         self._model.reset_choices()
