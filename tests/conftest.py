@@ -15,7 +15,17 @@ import torch
 import torchvision  # noqa: F401  (import order matters, see module docstring)
 import torch._dynamo  # noqa: F401
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+TORCH_THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test (or its fixtures) may run torch on one thread; the next test starts on the suite's
+    count again, since some results (the bit-exact comparisons) depend on it."""
+    yield
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
 
 
 def perturbed_state_dict(model: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> dict[str, torch.Tensor]:

@@ -65,6 +65,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _noted(gen, note: str | None):
+    """``gen``, with ``note`` printed (stderr) at its first step: once its checks have passed, so a
+    refused run says only why it was refused."""
+    import sys
+
+    try:
+        first = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    if note:
+        print(f"napari-sam: {note}", file=sys.stderr)
+    yield first
+    return (yield from gen)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -85,8 +100,6 @@ def run(args: argparse.Namespace) -> int:
         tile_shape=None if args.tile is None else tuple(args.tile),
     )
     note = tiny_note(args.model)
-    if note:
-        print(f"napari-sam: {note}", file=sys.stderr)
     if not 0 < args.link_iou <= 1:
         raise InvalidPromptError(f"--link-iou must be in (0, 1]; got {args.link_iou}.")
     client = None
@@ -100,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, client=client, settings=settings, iou_threshold=args.link_iou,
             axes=args.axes, channel=args.channel,
         )
-        result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam segment")
+        result = run_blocking(_noted(gen, note), show_progress=not args.quiet, description="napari-sam segment")
     except BatchWriteError as e:
         print(f"napari-sam: error: {e}", file=sys.stderr)
         return 3
