@@ -222,7 +222,7 @@ def mouse_clicks(ctl, pts, ref_pred, rows, cols, size, clicks, hold_s, done) -> 
     app = QApplication.instance()
     rng = np.random.default_rng(1)
     release, reference = [], []
-    used0 = ctl._ahead.used
+    used0 = ctl.click_ahead.used
     for i in range(clicks + 2):
         ctl.clear()
         app.processEvents()
@@ -247,7 +247,7 @@ def mouse_clicks(ctl, pts, ref_pred, rows, cols, size, clicks, hold_s, done) -> 
         "over_reference_predict": round(statistics.median(release) / statistics.median(reference), 3),
         "over_reference_predict_per_click_median": round(
             statistics.median([a / b for a, b in zip(release, reference)]), 3),
-        "decoded_ahead": ctl._ahead.used - used0,
+        "decoded_ahead": ctl.click_ahead.used - used0,
         "clicks": clicks + 2,
     }
 

@@ -64,12 +64,12 @@ def test_press_decodes_ahead_and_the_click_uses_it(viewer_ctl, tiny_model):
     a, b = (rows[10], cols[10]), (rows[-10], cols[-10])
     mouse_click(ctl.points_layer, a)
     assert len(ctl.points_layer.data) == 1
-    assert (ctl._ahead.used, ctl._ahead.discarded) == (1, 0)
+    assert (ctl.click_ahead.used, ctl.click_ahead.discarded) == (1, 0)
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
     np.testing.assert_array_equal(ctl.preview_layer.data > 0, ctl.current_mask())
     # a second, negative click (Control held): polarity and the earlier point are part of the prompts
     mouse_click(ctl.points_layer, b, modifiers=("Control",))
-    assert ctl._ahead.used == 2
+    assert ctl.click_ahead.used == 2
     assert list(ctl.prompts().labels) == [1, 0]
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a, b], [1, 0]))
 
@@ -79,22 +79,23 @@ def test_release_elsewhere_discards_the_answer_and_decodes_the_real_click(viewer
     rows, cols = np.nonzero(truth)
     press, release = (rows[5], cols[5]), (rows[5] + 1.5, cols[5] - 1.0)  # moved within napari's drag threshold
     mouse_click(ctl.points_layer, press, release)
-    assert (ctl._ahead.used, ctl._ahead.discarded) == (0, 1)
+    assert (ctl.click_ahead.used, ctl.click_ahead.discarded) == (0, 1)
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [release], [1]))
 
 
 def test_busy_segmenter_is_not_used_ahead(viewer_ctl, tiny_model):
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
     ctl, img, truth = viewer_ctl
     rows, cols = np.nonzero(truth)
-    a = (rows[3], cols[3])
-    from napari.utils.interactions import mouse_press_callbacks  # noqa: F401  (napari present)
-
-    with ctl.busy():  # e.g. an embedding running: the press must not wait or decode
-        ctl._decode_ahead(ctl.points_layer, MouseEvent("mouse_press", a, np.zeros(2)))
-        assert ctl._ahead._pending is not None
-    # the answer computed ahead is None (lock busy): the click decodes normally
-    ctl.points_layer.add(np.asarray(a, float)[None])
-    assert (ctl._ahead.used, ctl._ahead.discarded) == (0, 1)
+    a = (float(rows[3]), float(cols[3]))
+    event = lambda kind: ReadOnlyWrapper(MouseEvent(kind, a, np.zeros(2)), exceptions=("handled",))  # noqa: E731
+    with ctl.busy():  # e.g. an embedding running: the press must neither wait nor decode
+        mouse_press_callbacks(ctl.points_layer, event("mouse_press"))
+        assert ctl.click_ahead.wait()  # it ran, found the Segmenter busy and gave up
+    mouse_release_callbacks(ctl.points_layer, event("mouse_release"))  # the click lands: decoded normally
+    assert (ctl.click_ahead.used, ctl.click_ahead.discarded) == (0, 1)
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))
 
 
@@ -109,5 +110,5 @@ def test_a_failing_look_ahead_never_costs_the_click(viewer_ctl, tiny_model, monk
     rows, cols = np.nonzero(truth)
     a = (rows[7], cols[7])
     mouse_click(ctl.points_layer, a)
-    assert len(ctl.points_layer.data) == 1 and ctl._ahead.used == 0
+    assert len(ctl.points_layer.data) == 1 and ctl.click_ahead.used == 0
     np.testing.assert_array_equal(ctl.current_mask(), _plain(tiny_model, img, [a], [1]))

@@ -104,6 +104,17 @@ class ClickAhead:
         self.used += 1
         return result
 
+    def wait(self) -> bool:
+        """Wait until the decode started ahead (if any) has finished; True if one is pending."""
+        pending = self._pending
+        if pending is None:
+            return False
+        try:
+            pending[1].result()
+        except Exception:  # noqa: BLE001 - reported by take()'s caller decoding again
+            pass
+        return True
+
     def discard(self) -> None:
         """Forget any decode started ahead, after letting it finish (it holds the Segmenter lock)."""
         pending, self._pending = self._pending, None

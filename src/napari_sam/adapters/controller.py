@@ -115,6 +115,11 @@ class SamController:
             yield
 
     @property
+    def click_ahead(self) -> ClickAhead:
+        """The decode started at a mouse press (:mod:`.click_ahead`); its ``used`` / ``discarded`` counts."""
+        return self._ahead
+
+    @property
     def negative_mode(self) -> bool:
         """When True, plain clicks are negative and Alt/Control-clicks positive."""
         return bool(self._polarity and self._polarity.negative_mode)
