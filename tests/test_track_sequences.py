@@ -122,3 +122,80 @@ def test_bad_jobs_are_refused_before_anything_is_written(tmp_path, sam2_file, sm
         next(gen)
     assert not list((tmp_path / "out").iterdir())  # nothing created for the good jobs either
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*.tif")}
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def _cli(*args):
+    from napari_sam.cli import main
+
+    return main(["track", *[str(a) for a in args], "--quiet"])
+
+
+def test_cli_tracks_several_inputs_with_seed_and_output_folders(tmp_path, sam2_file, small_sam2, capsys):
+    jobs = _movies(tmp_path)
+    rc = _cli(jobs[0].input, jobs[1].input, "--seeds-dir", tmp_path / "seeds", "--out-dir", tmp_path / "out",
+              "--model", sam2_file)
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.count("2 objects tracked through 5 frames") == 2 and "pos1.zarr" in out
+    # the same as the one-input form, which is unchanged
+    assert _cli(jobs[1].input, "--seeds", jobs[1].seeds, "--out", tmp_path / "one.zarr", "--model", sam2_file) == 0
+    assert np.array_equal(_labels(tmp_path / "one.zarr"), _labels(jobs[1].output))
+    # rerun: both finished outputs kept; a manifest names the same jobs
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("input,seeds,out\n" + "".join(
+        f"{j.input},seeds/pos{k}.tif,out/pos{k}.zarr\n" for k, j in enumerate(jobs)))
+    capsys.readouterr()
+    assert _cli("--manifest", manifest, "--model", sam2_file) == 0
+    assert capsys.readouterr().out.count("finished by an earlier run, kept") == 2
+
+
+def test_cli_several_inputs_on_dask(tmp_path, sam2_file, small_sam2, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from napari_sam.engine.batch import distributed as napari_distributed
+
+    jobs = _movies(tmp_path)
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        rc = _cli(jobs[0].input, jobs[1].input, "--seeds", jobs[0].seeds, "--seeds", jobs[1].seeds,
+                  "--out", tmp_path / "a.tif", "--out", tmp_path / "b.tif", "--model", sam2_file,
+                  "--scheduler", cluster.scheduler_address)
+    assert rc == 0, capsys.readouterr().err
+    local = track_sequences_blocking(jobs, model=str(sam2_file))
+    assert np.array_equal(tifffile.imread(tmp_path / "a.tif"), _labels(local[0].path))
+    assert np.array_equal(tifffile.imread(tmp_path / "b.tif"), _labels(local[1].path))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("counts", "2 inputs but 1 --seeds"),
+    ("out counts", "2 inputs but 3 --out"),
+    ("missing seeds", "No seeds for"),
+    ("both seeds forms", "not both"),
+    ("colliding outputs", "would both write"),
+    ("output is an input", "destroy"),
+    ("no input", "No input"),
+])
+def test_cli_refuses_what_does_not_add_up(tmp_path, sam2_file, small_sam2, capsys, case, message):
+    jobs = _movies(tmp_path)
+    a, b = jobs[0].input, jobs[1].input
+    args = {
+        "counts": [a, b, "--seeds", jobs[0].seeds, "--out-dir", tmp_path / "out"],
+        "out counts": [a, b, "--seeds-dir", tmp_path / "seeds", "--out", "x.zarr", "--out", "y.zarr",
+                       "--out", "z.zarr"],
+        "missing seeds": [a, b, tmp_path / "pos9.tif", "--seeds-dir", tmp_path / "seeds", "--out-dir",
+                          tmp_path / "out"],
+        "both seeds forms": [a, "--seeds", jobs[0].seeds, "--seeds-dir", tmp_path / "seeds", "--out-dir",
+                             tmp_path / "out"],
+        "colliding outputs": [a, b, "--seeds-dir", tmp_path / "seeds", "--out", tmp_path / "o.zarr", "--out",
+                              tmp_path / "o.zarr"],
+        "output is an input": [a, b, "--seeds-dir", tmp_path / "seeds", "--out", tmp_path / "o.zarr", "--out", a],
+        "no input": ["--seeds-dir", tmp_path / "seeds", "--out-dir", tmp_path / "out"],
+    }[case]
+    if case == "missing seeds":
+        tifffile.imwrite(tmp_path / "pos9.tif", np.zeros((5, 8, 8), np.uint8))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.tif")}
+    rc = _cli(*args, "--model", sam2_file)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not list((tmp_path / "out").iterdir()) and not (tmp_path / "o.zarr").exists()
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*.tif")}
