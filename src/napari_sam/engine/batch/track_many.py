@@ -139,7 +139,9 @@ def track_sequences(
     jobs = [j if isinstance(j, TrackJob) else TrackJob(*j) for j in jobs]
     prepared = check_jobs(jobs, model=model, axes=axes, channel=channel, overwrite=overwrite)
     names = [job_name(j, i) for i, j in enumerate(jobs)]
-    sam2 = load_sam2(model, device)  # a wrong or SAM 1 model is refused before anything is written
+    # a wrong or SAM 1 model is refused before anything is written (on a cluster the check loads it
+    # on the CPU here: the client need not have the workers' device)
+    sam2 = load_sam2(model, device if client is None else "cpu")
     total = sum(p.shape[0] for p in prepared)
     if client is None:
         outcomes = yield from _run_here(prepared, names, sam2, total)
