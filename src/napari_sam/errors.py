@@ -89,3 +89,19 @@ class InvalidSequenceError(InvalidImageError):
 
 class TrackingError(NapariSamError, RuntimeError):
     """A tracking request cannot be served as asked (e.g. propagation before any object has a prompt)."""
+
+
+class SequencesFailedError(NapariSamError, RuntimeError):
+    """Some sequences of a multi-sequence run failed; the others finished.
+
+    ``failed`` maps each failed sequence's name to its error message; ``finished`` holds the
+    results of the sequences that finished (their outputs are complete and kept).
+    """
+
+    def __init__(self, message: str, failed: dict[str, str] | None = None, finished: list | None = None) -> None:
+        super().__init__(message)
+        self.failed = dict(failed or {})
+        self.finished = list(finished or [])
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

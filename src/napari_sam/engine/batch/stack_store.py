@@ -110,10 +110,12 @@ class StackStore:
 
     Constructing it only checks (output suffix and folder, no overlap with ``inputs``, an existing
     output resumable or refused); nothing is created or removed until :meth:`open`.
+    ``keep_finished``: a finished zarr output of this same job is not refused but marked
+    ``finished`` (its record in ``existing``), for runs that skip what is already done.
     """
 
     def __init__(self, output: str | os.PathLike, job: dict, shape: tuple[int, int, int], overwrite: bool,
-                 inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+                 inputs: tuple[str | os.PathLike, ...] = (), keep_finished: bool = False) -> None:
         from ..store.output_paths import check_output
 
         self.output = Path(output).expanduser()
@@ -126,6 +128,7 @@ class StackStore:
         self.job = json.loads(json.dumps({**job, "format": FORMAT}))  # as stored (tuples -> lists)
         self.shape = tuple(int(s) for s in shape)
         self.overwrite = overwrite
+        self.keep_finished = keep_finished
         self.group = None
         self._plan()
 
@@ -140,8 +143,10 @@ class StackStore:
     def _plan(self) -> None:
         """Decide, touching nothing: start afresh, resume, or replace (overwrite); else refuse."""
         self.resumed = False
+        self.finished = False
         self._replace = False
         old = self._existing_job(self.group_path) if self.group_path.exists() else None
+        self.existing = old or {}
         same = old is not None and old.get("job") == self.job
         if self.group_path.is_dir() and not any(self.group_path.iterdir()):
             self._replace = True  # an empty folder (e.g. left by a failed creation): nothing to lose
@@ -158,6 +163,8 @@ class StackStore:
                         "run (or make the function's state plain values: numbers, strings, arrays)."
                     )
                 self.resumed = True
+            elif same and self.keep_finished and not self.is_tiff:
+                self.finished = True
             else:
                 why = ("holds a finished result of this job" if same else
                        "holds the output of a different job" if old is not None else "is not a napari-sam output")

@@ -57,7 +57,9 @@ def _open_seeds(seeds: Any) -> tuple[Any, str | None]:
     return np.asarray(seeds), None
 
 
-def _load_sam2(model: Any, device: str | None):
+def load_sam2(model: Any, device: str | None = None):
+    """``model`` (zoo name, checkpoint path, built model, None: the default) as a SAM 2.1 model;
+    :class:`~napari_sam.errors.CheckpointError` for a SAM 1 model."""
     from ...model.sam2 import SAM2Model
 
     if isinstance(model, SAM2Model):
@@ -71,6 +73,74 @@ def _load_sam2(model: Any, device: str | None):
             f"(e.g. --model {DEFAULT_TRACK_MODEL}, or a sam2.1_hiera_*.pt checkpoint)."
         )
     return loaded
+
+
+@dataclass
+class PreparedTrack:
+    """A tracking job checked and ready to run (:func:`prepare_track`); nothing written yet.
+
+    ``frames`` (T, Y, X) lazy, ``shape`` (T, Y, X), ``prompts`` the seeds as
+    :class:`~napari_sam.engine.volumes.memory_propagation.ObjectPrompt`, ``store`` the output
+    (checked, not created), ``model`` as given, ``finished`` when ``keep_finished`` found a
+    finished output of this very job.
+    """
+
+    frames: Any
+    frame_source: Any
+    shape: tuple[int, int, int]
+    prompts: list
+    store: StackStore
+    model: Any
+    input_path: str | None
+    seeds_path: str | None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.store.finished)
+
+
+def prepare_track(
+    input: Any,
+    output: str | os.PathLike,
+    seeds: Any,
+    model: Any = None,
+    axes: str | None = None,
+    channel: Any = None,
+    seed_frame: int = 0,
+    overwrite: bool = False,
+    keep_finished: bool = False,
+) -> PreparedTrack:
+    """Every check of :func:`track_sequence` except the model's, touching nothing on disk.
+
+    ``keep_finished``: an existing finished output of this same job is kept (``finished``)
+    instead of refused; the multi-sequence runs use it so a rerun skips finished sequences.
+    """
+    from ..images.normalize import check_dtype
+    from ..sam2.frames import FrameSource
+    from ..store.fingerprint import pixel_hash
+    from ..volumes.memory_propagation import prompts_from_labels
+    from ..volumes.sequences import select_sequence
+
+    raw, source = open_input(input)
+    file_axes = None
+    if source.path is not None:
+        from ..images.io import open_image
+
+        file_axes = open_image(source.path).axes
+    seq = select_sequence(raw, axes, channel, file_axes=file_axes)
+    frames = seq.frames
+    check_dtype(frames.dtype)
+    frame_source = FrameSource(frames)  # one frame, frames of different sizes: refused here
+    shape = (frame_source.num_frames, frame_source.height, frame_source.width)
+    seed_array, seeds_path = _open_seeds(seeds)
+    prompts = prompts_from_labels(seed_array, shape, seed_frame)
+    job = {"kind": "track", "input": {**input_fingerprint(frames, StackSource(source.path)), "axes": axes,
+                                      "channel": channel},
+           "seeds": pixel_hash(seed_array).hex(), "seed_frame": int(seed_frame),
+           "model": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model)}
+    inputs = tuple(p for p in (source.path, seeds_path) if p)
+    store = StackStore(output, job, shape, overwrite, inputs=inputs, keep_finished=keep_finished)  # checks only
+    return PreparedTrack(frames, frame_source, shape, prompts, store, model, source.path, seeds_path)
 
 
 def track_sequence(
@@ -94,34 +164,25 @@ def track_sequence(
         model: a SAM 2.1 zoo name, checkpoint path or built model (default sam2.1_hiera_tiny).
         axes, channel: see :func:`~napari_sam.engine.volumes.sequences.select_sequence`.
     """
-    from ..images.normalize import check_dtype
-    from ..sam2.frames import FrameSource
+    prepared = prepare_track(input, output, seeds, model=model, axes=axes, channel=channel, seed_frame=seed_frame,
+                             overwrite=overwrite)
+    sam2 = load_sam2(model, device)
+    return (yield from run_track(prepared, sam2))
+
+
+def run_track(prepared: PreparedTrack, sam2: Any) -> Generator[Progress, None, TrackResult]:
+    """Run a :func:`prepare_track` job with a loaded SAM 2.1 model (:func:`load_sam2`): create or
+    resume the output, track, write each frame as it is done, finish. A progress generator."""
     from ..store.fingerprint import pixel_hash
-    from ..volumes.memory_propagation import MemoryTracker, ObjectPrompt, prompts_from_labels
-    from ..volumes.sequences import select_sequence
+    from ..volumes.memory_propagation import MemoryTracker, ObjectPrompt
 
-    raw, source = open_input(input)
-    file_axes = None
-    if source.path is not None:
-        from ..images.io import open_image
-
-        file_axes = open_image(source.path).axes
-    seq = select_sequence(raw, axes, channel, file_axes=file_axes)
-    frames = seq.frames
-    check_dtype(frames.dtype)
-    frame_source = FrameSource(frames)  # one frame, frames of different sizes: refused here
-    shape = (frame_source.num_frames, frame_source.height, frame_source.width)
-    seed_array, seeds_path = _open_seeds(seeds)
-    prompts = prompts_from_labels(seed_array, shape, seed_frame)
-    job = {"kind": "track", "input": {**input_fingerprint(frames, StackSource(source.path)), "axes": axes,
-                                      "channel": channel},
-           "seeds": pixel_hash(seed_array).hex(), "seed_frame": int(seed_frame),
-           "model": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model)}
-    inputs = tuple(p for p in (source.path, seeds_path) if p)
-    store = StackStore(output, job, shape, overwrite, inputs=inputs)  # checks only
-    sam2 = _load_sam2(model, device)
-    store.open()
+    frames, frame_source, shape, prompts, store = (prepared.frames, prepared.frame_source, prepared.shape,
+                                                   prepared.prompts, prepared.store)
     n = shape[0]
+    if prepared.finished:
+        yield Progress(n, n, "already finished")
+        return TrackResult(store.output, int(store.existing.get("n_objects", 0)), n, n)
+    store.open()
     done = set(store.verified_done_slices(_Frames(frames)))
     first = min(p.frame for p in prompts)
     yield Progress(len(done), n, f"resuming: {len(done)} frames already done" if done else "tracking")
@@ -191,4 +252,5 @@ def track_sequence_blocking(input: Any, output: str | os.PathLike, seeds: Any,
                         show_progress=show_progress, description="napari-sam track")
 
 
-__all__ = ["DEFAULT_TRACK_MODEL", "TrackResult", "track_sequence", "track_sequence_blocking"]
+__all__ = ["DEFAULT_TRACK_MODEL", "PreparedTrack", "TrackResult", "load_sam2", "prepare_track", "run_track",
+           "track_sequence", "track_sequence_blocking"]
