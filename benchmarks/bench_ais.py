@@ -23,30 +23,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from object_maps import object_maps  # noqa: E402  (the maps the post-processing tests use)
 
 
 def _true_maps(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Foreground, centre distance, boundary distance of ``labels`` (what a trained decoder predicts)."""
     from scipy import ndimage as ndi
 
-    fg = (labels > 0).astype(np.float32)
-    cd = np.ones(labels.shape, np.float32)
-    bd = np.ones(labels.shape, np.float32)
-    for i, sl in enumerate(ndi.find_objects(labels), 1):
-        if sl is None:
-            continue
-        m = labels[sl] == i
-        dt = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-        bd[sl][m] = 1 - dt[m] / dt.max()
-        com = ndi.center_of_mass(m)
-        yy, xx = np.indices(m.shape)
-        d = np.hypot(yy - com[0], xx - com[1])
-        cd[sl][m] = d[m] / max(d[m].max(), 1.0)
-    return tuple(ndi.gaussian_filter(a, 1.0) for a in (fg, cd, bd))
+    return tuple(ndi.gaussian_filter(a, 1.0) for a in object_maps(labels))
 
 
 def _best(fn, repeats: int):

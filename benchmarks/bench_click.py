@@ -30,13 +30,17 @@ The CPU's instruction set (torch's capability and the AVX-512 / bf16 / AMX flags
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from mouse_events import mouse_event  # noqa: E402  (the stand-in mouse events the click-ahead tests use)
 
 
 def _perturbed(model, seed=0, scale=0.02):
@@ -194,20 +198,6 @@ def bench(name: str, clicks: int, size: int, precision: str | None = None) -> di
 MOUSE_GAPS_S = (0.0, 0.1)
 
 
-@dataclasses.dataclass
-class _MouseEvent:
-    type: str
-    position: tuple
-    pos: np.ndarray
-    modifiers: tuple = ()
-    button: int = 1
-    is_dragging: bool = False
-    handled: bool = False
-    dims_displayed: list = dataclasses.field(default_factory=lambda: [0, 1])
-    view_direction: tuple | None = None
-    up_direction: tuple | None = None
-
-
 def mouse_clicks(ctl, pts, ref_pred, rows, cols, size, clicks, hold_s, done) -> dict:
     """Clicks as napari receives them: mouse press, the button held ``hold_s``, mouse release.
 
@@ -215,7 +205,6 @@ def mouse_clicks(ctl, pts, ref_pred, rows, cols, size, clicks, hold_s, done) -> 
     Timed from the release (when the click is complete and napari handles it) to the preview
     event, interleaved with the reference's bare predict of the same click.
     """
-    from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtWidgets import QApplication
 
@@ -228,7 +217,7 @@ def mouse_clicks(ctl, pts, ref_pred, rows, cols, size, clicks, hold_s, done) -> 
         app.processEvents()
         j = rng.integers(len(rows))
         rc = (float(rows[j]), float(cols[j]))
-        ev = lambda kind: ReadOnlyWrapper(_MouseEvent(kind, rc, np.zeros(2)), exceptions=("handled",))  # noqa: E731
+        ev = lambda kind: mouse_event(kind, rc)  # noqa: E731
         done.clear()
         mouse_press_callbacks(pts, ev("mouse_press"))
         time.sleep(hold_s)

@@ -1,16 +1,17 @@
-"""Screenshots for docs/first-click.md, docs/scripting.md and docs/timelapse.md, from a real napari viewer.
+"""Screenshots for docs/first-click.md, docs/scripting.md, docs/timelapse.md and docs/3d.md, from a real napari viewer.
 
 Run under a virtual display::
 
     xvfb-run -a .venv/bin/python scripts/make_screenshots.py [--model tiny|vit_b|PATH] [--out docs/images]
+        [--sam2 NAME|PATH] [--only widget timelapse stack-sam2]
 
 The model is the zoo default (the bundled 'tiny') unless ``--model`` names another;
 without any trained weights it falls back to a random-weight 'tiny' and says so
 in the status line (the masks are then meaningless, the interface is not).
 Work runs inline (NAPARI_SAM_SYNC=1) so every picture is deterministic.
-The time-lapse picture uses ``--sam2`` (a SAM 2.1 zoo name or file); without one it uses random
-SAM 2.1 hiera_tiny weights at a 256 px input and says so in the layer name (the interface is real,
-the masks are not meaningful).
+The time-lapse and z-stack memory pictures use ``--sam2`` (a SAM 2.1 zoo name or file); without one
+they use random SAM 2.1 hiera_tiny weights at a 256 px input and say so in the image layer's name (the
+interface is real, the tracked masks are not meaningful). Each group of pictures has its own viewer.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def _click_target(truth: np.ndarray, label: int) -> tuple[float, float]:
     return float(np.median(rows)), float(np.median(cols))
 
 
+PICTURES = ("widget", "timelapse", "stack-sam2")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="docs/images")
-    ap.add_argument("--sam2", default=None, help="SAM 2.1 model for the time-lapse picture")
+    ap.add_argument("--sam2", default=None, help="SAM 2.1 model for the time-lapse and z-stack memory pictures")
+    ap.add_argument("--only", nargs="+", choices=PICTURES, default=list(PICTURES),
+                    help="which pictures: the main widget's (first-click, ...), timelapse, stack-sam2")
     args = ap.parse_args()
     os.environ["NAPARI_SAM_SYNC"] = "1"
     import warnings
@@ -76,15 +82,31 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model, model_name = _load(args.model)  # before the viewer: no heavy import after the GL context
-    sam2, sam2_name = _load_sam2(args.sam2)
+    # every model before the first viewer: no heavy import after the GL context exists
+    model, model_name = _load(args.model) if "widget" in args.only else (None, "")
+    sam2, sam2_name = _load_sam2(args.sam2) if {"timelapse", "stack-sam2"} & set(args.only) else (None, "")
 
+    if "widget" in args.only:
+        _widget_pictures(out, model, model_name)
+    if "timelapse" in args.only:
+        _timelapse_picture(out, sam2, sam2_name)
+    if "stack-sam2" in args.only:
+        _stack_sam2_picture(out, sam2, sam2_name)
+
+
+def _viewer():
     import napari
-
-    from napari_sam.samples import synthetic_cells, synthetic_stack
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 900)
+    return viewer
+
+
+def _widget_pictures(out: Path, model, model_name: str) -> None:
+    """The main widget: opened, a first click, a negative click and a box, accepted labels, a stack slice."""
+    from napari_sam.samples import synthetic_cells, synthetic_stack
+
+    viewer = _viewer()
     img, truth = synthetic_cells((256, 256), n_cells=12, seed=0)
     viewer.add_image(img, name="nuclei", colormap="gray")
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Segment Anything")
@@ -118,26 +140,60 @@ def main() -> None:
     ctl.add_point(_click_target(struth[z], int(np.bincount(struth[z].ravel())[1:].argmax()) + 1))
     _shot(viewer, out, "stack-slice.png")
     ctl.clear()
+    viewer.close()
 
-    # time-lapse: cells drawn on frame 0, tracked with SAM 2.1 memory, and their tracks
-    viewer.layers.clear()
+
+def _propagation_widget(viewer, sam2, image_layer, labels_layer):
+    """The "Propagate in 3D" dock widget on these layers, with the SAM 2.1 model chosen."""
+    _, prop = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Propagate in 3D")
+    prop.session.model = sam2
+    if "sam2.1_hiera_tiny" in prop._model.choices:
+        prop._model.value = "sam2.1_hiera_tiny"
+    prop._image.value, prop._labels.value = image_layer, labels_layer
+    return prop
+
+
+def _timelapse_picture(out: Path, sam2, sam2_name: str) -> None:
+    """Cells drawn on one frame, tracked with SAM 2.1 memory, and their tracks; shown on the drawn frame."""
+    from napari_sam.samples import synthetic_stack
+
+    viewer = _viewer()
     movie, mtruth = synthetic_stack((8, 160, 160), n_cells=5, seed=3)
     movie_layer = viewer.add_image(movie, name=f"movie ({sam2_name})", colormap="gray")
     t0 = int(np.argmax([len(np.unique(f)) for f in mtruth]))  # the frame with most cells: drawn by hand
     seeds = np.zeros_like(mtruth)
     seeds[t0] = mtruth[t0]
     cells = viewer.add_labels(seeds, name="cells")
-    _, prop = viewer.window.add_plugin_dock_widget("napari-sam-lab", "Propagate in 3D")
-    prop.session.model = sam2
-    if "sam2.1_hiera_tiny" in prop._model.choices:
-        prop._model.value = "sam2.1_hiera_tiny"
-    prop._image.value, prop._labels.value = movie_layer, cells
+    prop = _propagation_widget(viewer, sam2, movie_layer, cells)
     viewer.dims.set_current_step(0, t0)
     viewer.reset_view()
     prop.propagate_all()
     prop.add_tracks()
-    viewer.dims.set_current_step(0, min(t0 + 2, len(movie) - 1))
+    # the drawn frame: with random weights the tracked masks on other frames are not meaningful
+    viewer.dims.set_current_step(0, t0)
     _shot(viewer, out, "timelapse-tracks.png")
+    viewer.close()
+
+
+def _stack_sam2_picture(out: Path, sam2, sam2_name: str) -> None:
+    """Nuclei drawn on one slice of a z-stack, carried through z with SAM 2.1 memory; shown on that slice."""
+    from napari_sam.samples import synthetic_stack
+
+    viewer = _viewer()
+    stack, struth = synthetic_stack((16, 192, 192), n_cells=6, seed=0)
+    stack_layer = viewer.add_image(stack, name=f"stack ({sam2_name})", colormap="gray")
+    z0 = 8
+    seeds = np.zeros_like(struth)
+    seeds[z0] = struth[z0]
+    nuclei = viewer.add_labels(seeds, name="nuclei")
+    prop = _propagation_widget(viewer, sam2, stack_layer, nuclei)
+    viewer.dims.set_current_step(0, z0)
+    viewer.reset_view()
+    prop.propagate_all()
+    # the seeded slice: with random weights the masks on the other slices are not meaningful (they cover
+    # the slice in a pattern); the status line says what ran
+    viewer.dims.set_current_step(0, z0)
+    _shot(viewer, out, "stack-sam2.png")
     viewer.close()
 
 

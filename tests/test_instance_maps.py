@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from object_maps import object_maps
+
 from napari_sam.engine.automatic.instance_maps import (
     InstanceMapSettings,
     labels_from_maps,
@@ -34,27 +36,13 @@ def _draw(shape, n, seed, radii=(6, 25)):
 
 
 def _maps(lab, seed=0, noise=0.1, blur=1.5):
-    """Decoder-like maps of a label image (what a trained decoder is taught to predict)."""
+    """Decoder-like maps of a label image (what a trained decoder is taught to predict), blurred, with noise."""
     rng = np.random.default_rng(seed)
-    shape = lab.shape
-    fg = (lab > 0).astype(np.float32)
-    cd = np.ones(shape, np.float32)
-    bd = np.ones(shape, np.float32)
-    for i, sl in enumerate(ndi.find_objects(lab), 1):
-        if sl is None:
-            continue
-        m = lab[sl] == i
-        dt = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-        bd[sl][m] = 1 - dt[m] / dt.max()
-        com = ndi.center_of_mass(m)
-        yy, xx = np.indices(m.shape)
-        d = np.hypot(yy - com[0], xx - com[1])
-        cd[sl][m] = d[m] / max(d[m].max(), 1.0)
 
     def noisy(a):
-        return np.clip(ndi.gaussian_filter(a, blur) + rng.normal(0, noise, shape), 0, 1).astype(np.float32)
+        return np.clip(ndi.gaussian_filter(a, blur) + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
 
-    return noisy(fg), noisy(cd), noisy(bd)
+    return tuple(noisy(a) for a in object_maps(lab))
 
 
 def _matched_iou(truth, pred):

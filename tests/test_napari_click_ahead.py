@@ -3,43 +3,24 @@ prompts match exactly, and the preview is always the plain decode of the layer's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from mouse_events import mouse_event  # noqa: E402
 from napari_sam import SamPredictor  # noqa: E402
-
-
-@dataclass
-class MouseEvent:
-    """What napari's mouse callbacks read from a vispy mouse event."""
-
-    type: str
-    position: tuple
-    pos: np.ndarray
-    modifiers: tuple = ()
-    button: int = 1
-    is_dragging: bool = False
-    handled: bool = False
-    dims_displayed: list = field(default_factory=lambda: [0, 1])
-    view_direction: tuple | None = None
-    up_direction: tuple | None = None
 
 
 def mouse_click(layer, press_rc, release_rc=None, modifiers=()):
     """Press at ``press_rc`` and release at ``release_rc`` (world (row, col)) through napari's callbacks."""
-    from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
     release_rc = press_rc if release_rc is None else release_rc
     for kind, rc in (("mouse_press", press_rc), ("mouse_release", release_rc)):
-        ev = MouseEvent(kind, tuple(float(v) for v in rc), np.asarray(rc, float)[::-1] * 0, tuple(modifiers))
         fn = mouse_press_callbacks if kind == "mouse_press" else mouse_release_callbacks
-        fn(layer, ReadOnlyWrapper(ev, exceptions=("handled",)))
+        fn(layer, mouse_event(kind, rc, modifiers))
 
 
 @pytest.fixture()
@@ -84,13 +65,12 @@ def test_release_elsewhere_discards_the_answer_and_decodes_the_real_click(viewer
 
 
 def test_busy_segmenter_is_not_used_ahead(viewer_ctl, tiny_model):
-    from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
     ctl, img, truth = viewer_ctl
     rows, cols = np.nonzero(truth)
     a = (float(rows[3]), float(cols[3]))
-    event = lambda kind: ReadOnlyWrapper(MouseEvent(kind, a, np.zeros(2)), exceptions=("handled",))  # noqa: E731
+    event = lambda kind: mouse_event(kind, a)  # noqa: E731
     with ctl.busy():  # e.g. an embedding running: the press must neither wait nor decode
         mouse_press_callbacks(ctl.points_layer, event("mouse_press"))
         assert ctl.click_ahead.wait()  # it ran, found the Segmenter busy and gave up

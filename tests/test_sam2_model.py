@@ -131,6 +131,24 @@ def test_load_model_recognises_sam2_files(sam2_file, tiny_checkpoint):
         napari_sam.load_model(tiny_checkpoint, device="cpu", model_type="sam2.1_hiera_tiny")
 
 
+def test_a_file_may_record_its_input_size(tmp_path, sam2_file, sam2_state):
+    """{"model": ..., "image_size": 256} loads at 256 px; Meta's layout keeps 1024; a bad size is refused."""
+    import napari_sam
+
+    path = tmp_path / "sam2.1_hiera_tiny_256.pt"
+    torch.save({"model": sam2_state, "image_size": 256}, path)
+    for model in (napari_sam.load_model(path, device="cpu"), build_sam2(None, path)):
+        assert model.cfg.name == "sam2.1_hiera_tiny" and model.image_size == model.cfg.image_size == 256
+    assert build_sam2(None, path, image_size=512).image_size == 512  # an explicit size wins
+    assert napari_sam.load_model(sam2_file, device="cpu").image_size == 1024
+    for bad in (100, 0, "256", 256.0, True):
+        torch.save({"model": sam2_state, "image_size": bad}, path)
+        with pytest.raises(CheckpointError, match="multiple of 32"):
+            napari_sam.load_model(path, device="cpu")
+        with pytest.raises(CheckpointError, match="multiple of 32"):
+            build_sam2(None, path)
+
+
 def test_zoo_lists_the_four_sam2_checkpoints_apart(sam2_file, monkeypatch):
     import napari_sam
     from napari_sam.engine.models import zoo

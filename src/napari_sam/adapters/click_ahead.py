@@ -111,19 +111,15 @@ class ClickAhead:
             return False
         try:
             pending[1].result()
-        except Exception:  # noqa: BLE001 - reported by take()'s caller decoding again
+        except Exception:  # noqa: BLE001 - take() then decodes again and reports it; discard() drops it
             pass
         return True
 
     def discard(self) -> None:
         """Forget any decode started ahead, after letting it finish (it holds the Segmenter lock)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        if self.wait():
+            self._pending = None
             self.discarded += 1
-            try:
-                pending[1].result()
-            except Exception:  # noqa: BLE001 - a discarded answer's error is of no interest
-                pass
 
     def close(self) -> None:
         self.discard()

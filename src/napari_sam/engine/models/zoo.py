@@ -398,13 +398,13 @@ def _check_architecture(state: dict, model_type: str, source: str) -> None:
         )
 
 
-def _build_sam2(state: dict, model_type: str | None, source: str, device):
+def _build_sam2(state: dict, model_type: str | None, source: str, device, image_size: int | None = None):
     """A SAM 2.1 model from its tensors; a SAM 1 file or a mismatched size gets a CheckpointError."""
     from ...model.sam2 import build_sam2
     from .device import resolve_device
 
     try:
-        return build_sam2(model_type, state, device=resolve_device(device))
+        return build_sam2(model_type, state, device=resolve_device(device), image_size=image_size)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from e
 
@@ -497,7 +497,10 @@ def load_model(
     from ...model.sam2 import is_sam2_state_dict
 
     if _is_sam2_type(model_type) or (model_type is None and is_sam2_state_dict(state)):
-        return _build_sam2(state, model_type, f"Checkpoint {path}", device)
+        from ...model.sam2.build import recorded_image_size
+
+        source = f"Checkpoint {path}"
+        return _build_sam2(state, model_type, source, device, recorded_image_size(raw, source))
     if model_type is None:
         from ...model import guess_model_type
 

@@ -8,9 +8,29 @@ from collections.abc import Mapping
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoint import check_finite, check_keys, read_state_dict
+from ..checkpoint import check_finite, check_keys, load_weights_only, unwrap_state_dict
 from .config import SAM2_PRESETS, Sam2Config, get_sam2_config, guess_sam2_type
 from .sam2 import SAM2Model
+
+#: Optional entry of a SAM 2.1 checkpoint beside ``model``: the square input size (pixels) its weights are for.
+IMAGE_SIZE_KEY = "image_size"
+
+
+def recorded_image_size(checkpoint: object, source: str = "The checkpoint") -> int | None:
+    """The input size a loaded checkpoint records (``{"model": ..., "image_size": 512}``), or None (Meta's files).
+
+    Raises :class:`CheckpointError` when the recorded value is not a positive multiple of 32.
+    """
+    if not isinstance(checkpoint, Mapping) or IMAGE_SIZE_KEY not in checkpoint:
+        return None
+    size = checkpoint[IMAGE_SIZE_KEY]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
+        raise CheckpointError(
+            f"{source} records {IMAGE_SIZE_KEY}={size!r}, but the input size must be a positive multiple of 32 "
+            f"pixels (Meta's models use 1024). Save the file again with a valid {IMAGE_SIZE_KEY!r} or without it."
+        )
+    return size
+
 
 def is_sam2_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True when the tensors are those of a SAM 2 model (a Hiera trunk and a memory encoder)."""
@@ -46,9 +66,11 @@ def build_sam2(
             ``_large``; also ``hiera_tiny`` or Meta's ``sam2.1_hiera_t``) or a config.
             ``None`` with a checkpoint: the preset is read from its tensors.
         checkpoint: a ``sam2.1_hiera_*.pt`` file (read with ``weights_only=True``) or
-            a state dict; ``None`` keeps the random initialisation.
+            a state dict; ``None`` keeps the random initialisation. A file may record
+            its input size beside ``model`` as ``image_size`` (see ``image_size``).
         device: where to put the model (default CPU).
-        image_size: input side in pixels (a multiple of 32; default the preset's 1024).
+        image_size: input side in pixels (a multiple of 32); default the size the
+            checkpoint file records, else the preset's 1024.
     """
     state = None
     source = "The checkpoint"
@@ -57,7 +79,12 @@ def build_sam2(
             state = dict(checkpoint)
         else:
             source = f"Checkpoint {checkpoint}"
-            state = read_state_dict(checkpoint)
+            if not os.path.isfile(checkpoint):
+                raise CheckpointError(f"Checkpoint file not found: {checkpoint}")
+            raw = load_weights_only(checkpoint)
+            state = unwrap_state_dict(raw, source=source)
+            if image_size is None:
+                image_size = recorded_image_size(raw, source)
     if model_type is None:
         if state is None:
             raise CheckpointError("Name a SAM 2.1 model type or give a checkpoint to read it from.")
