@@ -271,29 +271,6 @@ def list_models(include_unavailable: bool = False, families: tuple[str, ...] = (
     return [e for e in REGISTRY.values() if e.family in families and (include_unavailable or e.available)]
 
 
-DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
-
-
-def default_model_name() -> str:
-    """The model used when none is named: ``$NAPARI_SAM_MODEL``, else the bundled ``tiny``.
-
-    Raises :class:`UnknownModelError` with what to do if the bundled file is missing.
-    """
-    import os
-
-    name = os.environ.get(DEFAULT_MODEL_ENV)
-    if name:
-        return name
-    entry = REGISTRY.get("tiny")
-    if entry is not None and entry.available:
-        return "tiny"
-    raise UnknownModelError(
-        "No model was named and the bundled 'tiny' model is missing from this installation. "
-        "Name a model (e.g. 'vit_b', downloaded on first use) or a checkpoint file, "
-        f"or set {DEFAULT_MODEL_ENV}."
-    )
-
-
 def find_entry(name: str) -> ModelEntry | None:
     """The registry entry called ``name`` (case-insensitive), or None."""
     entry = REGISTRY.get(name)
@@ -430,7 +407,7 @@ def _build(state: dict, model_type: str, source: str, device):
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | None = None,
     device=None,
     *,
     model_type: str | None = None,
@@ -443,7 +420,8 @@ def load_model(
     Args:
         name_or_path: a name from :func:`list_models` (``"vit_b"``, ``"vit_b_lm"``,
             ...) or the path of a checkpoint file. A ``str`` equal to a zoo name
-            means the zoo model; pass a ``Path`` to force a file.
+            means the zoo model; pass a ``Path`` to force a file. ``None``: the default
+            model (:func:`~napari_sam.engine.models.default_model.default_model_name`).
         device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or ``None``
             for the default (``NAPARI_SAM_DEVICE``, else CUDA, MPS, CPU).
         model_type: architecture of a local file; guessed from its tensors when
@@ -466,6 +444,8 @@ def load_model(
         DownloadError: the weights could not be fetched (offline, network, bad hash).
         CheckpointError: the file is missing, truncated, unsafe, or of another model type.
     """
+    if name_or_path is None:
+        name_or_path = default_model_name()
     entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
     if entry is not None:
         arch = entry.architecture
@@ -523,5 +503,8 @@ def decoder_models() -> list[str]:
     return [e.name for e in list_models() if e.decoder is not None or e.bundled_decoder]
 
 
-__all__ = ["REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models", "find_entry", "get_entry",
-           "list_models", "load_model", "weights_path"]
+# The default model is decided in .default_model (its own module); re-exported here for callers of the zoo.
+from .default_model import DEFAULT_MODEL_ENV, default_model_name  # noqa: E402
+
+__all__ = ["DEFAULT_MODEL_ENV", "REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models",
+           "default_model_name", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]

@@ -1,0 +1,121 @@
+"""Which model is used when none is named: the one place that decides it.
+
+In this order:
+
+1. ``$NAPARI_SAM_MODEL``, when set (any zoo name or checkpoint path);
+2. else a light-microscopy model of micro-sam that the user has already downloaded
+   **with its instance decoder**, both files complete and hash-verified in the local
+   cache (:mod:`.weights_cache`), tried in the order of :data:`DOWNLOADED_PREFERENCE`:
+   ``vit_b_lm`` (micro-sam's own recommendation), then ``vit_t_lm`` (smaller and faster),
+   then ``vit_l_lm`` (largest and slowest on a CPU);
+3. else the bundled ``tiny``, which works offline.
+
+Nothing is ever downloaded to decide. A cached file that is damaged or half-written
+(wrong size or hash) is not chosen: the default stays ``tiny`` and a warning names the
+file; the cached file is left as it is (loading that model by name fetches it again).
+The user can always override: the env variable, ``--model`` on the command line, the
+widgets' model list, or a name given to ``load_model``/``Segmenter``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ...errors import UnknownModelError
+
+DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
+#: the downloaded models that may become the default, most preferred first.
+DOWNLOADED_PREFERENCE = ("vit_b_lm", "vit_t_lm", "vit_l_lm")
+BUNDLED_DEFAULT = "tiny"
+
+_log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()
+
+
+def _cached_problem(path: Path, known_hash: str | None, size: int | None) -> str | None:
+    """Why the cached ``path`` cannot serve as the default ('missing' when absent), or None when verified."""
+    from . import weights_cache
+
+    if not path.is_file():
+        return "missing"
+    if not weights_cache.hash_is_checkable(known_hash):
+        return f"its {known_hash or 'hash'} cannot be checked here (install 'xxhash')"
+    try:
+        return weights_cache.cached_file_problem(path, known_hash, size)
+    except OSError as e:
+        return f"it cannot be read ({e})"
+
+
+def _downloaded_problem(entry) -> tuple[Path, str] | None:
+    """None when ``entry``'s encoder and decoder are both cached and verified, else (file, why)."""
+    from . import weights_cache
+
+    folder = weights_cache.cache_dir()
+    files = [(entry.filename, entry.known_hash, entry.size)]
+    files.append((entry.decoder.filename, entry.decoder.known_hash, entry.decoder.size))
+    for filename, known_hash, size in files:
+        path = folder / filename
+        problem = _cached_problem(path, known_hash, size)
+        if problem is not None:
+            return path, problem
+    return None
+
+
+def downloaded_default() -> str | None:
+    """The first model of :data:`DOWNLOADED_PREFERENCE` whose encoder and instance decoder are
+    both in the cache, complete and hash-verified; None when there is none. Never downloads.
+
+    A file that is present but fails verification is logged once (warning) and skipped.
+    """
+    from .zoo import REGISTRY
+
+    for name in DOWNLOADED_PREFERENCE:
+        entry = REGISTRY.get(name)
+        if entry is None or entry.bundled or not entry.filename or entry.decoder is None:
+            continue
+        found = _downloaded_problem(entry)
+        if found is None:
+            return name
+        path, problem = found
+        if problem != "missing" and (str(path), problem) not in _warned:
+            _warned.add((str(path), problem))
+            _log.warning(
+                "The cached %r weights %s cannot be trusted (%s), so they are not the default model; the bundled "
+                "%r is used instead, and nothing is wrong with it. Choosing %r by name fetches the file again.",
+                name, path, problem, BUNDLED_DEFAULT, name,
+            )
+    return None
+
+
+def default_model_name() -> str:
+    """The model used when none is named (see the module docstring for the order).
+
+    Returns:
+        ``$NAPARI_SAM_MODEL`` if set; else ``"vit_b_lm"``, ``"vit_t_lm"`` or ``"vit_l_lm"`` when
+        that model and its decoder are already downloaded and verified; else ``"tiny"``.
+
+    Raises:
+        UnknownModelError: with what to do, when no model can be used without asking
+            (no downloaded model and the bundled file is missing from this installation).
+    """
+    name = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
+    if name:
+        return name
+    downloaded = downloaded_default()
+    if downloaded is not None:
+        return downloaded
+    from .zoo import REGISTRY
+
+    entry = REGISTRY.get(BUNDLED_DEFAULT)
+    if entry is not None and entry.available:
+        return BUNDLED_DEFAULT
+    raise UnknownModelError(
+        f"No model was named and the bundled {BUNDLED_DEFAULT!r} model is missing from this installation. "
+        "Name a model (e.g. 'vit_b_lm', downloaded on first use) or a checkpoint file, "
+        f"or set {DEFAULT_MODEL_ENV}."
+    )
+
+
+__all__ = ["DEFAULT_MODEL_ENV", "DOWNLOADED_PREFERENCE", "default_model_name", "downloaded_default"]
