@@ -17,7 +17,7 @@ Also printed: the decoder's FLOPs at this size (``torch.utils.flop_counter.FlopC
 the meta device: nothing is computed), this CPU's sustained fp32 throughput measured now (a
 2048 x 2048 matrix product, and the 3x3 convolution of the decoder's biggest layer, 128 -> 64
 channels, on a 256 x 256 crop: same work per pixel as at full size), and the resulting compute
-lower bound for the decoder: its FLOPs over the faster of the two rates.
+lower bound for the decoder: its FLOPs over the fastest of these rates.
 
 Peak memory of vit_b at 1024 x 1024 is about 4 GB. Numbers vary with load: record the
 load average with them (printed).
