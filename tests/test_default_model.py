@@ -59,34 +59,34 @@ def download(cache, tiny_checkpoint, monkeypatch):
 
 
 def test_nothing_downloaded_means_tiny(cache):
-    assert default_model.default_model_name() == "tiny"
+    assert zoo.default_model_name() == "tiny"
     assert sorted(p.name for p in cache.iterdir()) == []  # and nothing was fetched or written
 
 
 def test_a_downloaded_light_microscopy_model_becomes_the_default(download):
     download("vit_l_lm")
-    assert default_model.default_model_name() == "vit_l_lm"
+    assert zoo.default_model_name() == "vit_l_lm"
     download("vit_b_lm")
-    assert default_model.default_model_name() == "vit_b_lm"  # vit_b_lm first, as micro-sam recommends
+    assert zoo.default_model_name() == "vit_b_lm"  # vit_b_lm first, as micro-sam recommends
 
 
 def test_preference_order_b_then_t_then_l(download):
     download("vit_l_lm")
     download("vit_t_lm")
-    assert default_model.default_model_name() == "vit_t_lm"
+    assert zoo.default_model_name() == "vit_t_lm"
     assert default_model.DOWNLOADED_PREFERENCE == ("vit_b_lm", "vit_t_lm", "vit_l_lm")
 
 
 def test_other_downloaded_models_do_not_change_the_default(download, cache):
     entry = download("vit_b_em_organelles")  # a model with a decoder, but not for light microscopy
     assert (cache / entry.filename).is_file()
-    assert default_model.default_model_name() == "tiny"
+    assert zoo.default_model_name() == "tiny"
 
 
 def test_an_encoder_without_its_decoder_is_not_the_default(download, cache):
     entry = download("vit_b_lm")
     (cache / entry.decoder.filename).unlink()
-    assert default_model.default_model_name() == "tiny"
+    assert zoo.default_model_name() == "tiny"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "same size, other bytes", "decoder flipped"])
@@ -100,7 +100,7 @@ def test_a_damaged_download_is_not_the_default(download, cache, caplog, damage):
         data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        assert default_model.default_model_name() == "tiny"
+        assert zoo.default_model_name() == "tiny"
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "vit_b_lm" in message and str(target) in message and "nothing is wrong with it" in message
     assert target.read_bytes() == bytes(data)  # deciding the default never touches the cache
@@ -109,21 +109,20 @@ def test_a_damaged_download_is_not_the_default(download, cache, caplog, damage):
 def test_a_wrong_registered_hash_is_not_the_default(download, monkeypatch):
     entry = download("vit_b_lm")
     monkeypatch.setitem(zoo.REGISTRY, "vit_b_lm", dataclasses.replace(entry, known_hash="xxh128:" + "0" * 32))
-    assert default_model.default_model_name() == "tiny"
+    assert zoo.default_model_name() == "tiny"
 
 
 def test_the_environment_variable_overrides(download, monkeypatch):
     download("vit_b_lm")
     monkeypatch.setenv("NAPARI_SAM_MODEL", "tiny")
-    assert default_model.default_model_name() == "tiny"
+    assert zoo.default_model_name() == "tiny"
     monkeypatch.setenv("NAPARI_SAM_MODEL", "vit_l_lm")  # not downloaded: the user asked for it
-    assert default_model.default_model_name() == "vit_l_lm"
+    assert zoo.default_model_name() == "vit_l_lm"
 
 
 def test_every_caller_goes_through_the_one_default(download):
     from napari_sam.engine.models.model_profile import profile, tiny_note
 
-    assert zoo.default_model_name is default_model.default_model_name
     assert tiny_note(None) == TINY_NOTE and profile(None).name == "tiny"
     download("vit_b_lm")
     assert tiny_note(None) is None  # the bundled-model note goes away with the bundled model

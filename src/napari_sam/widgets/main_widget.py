@@ -32,7 +32,7 @@ NEW_LAYER = "new layer"
 
 def _default_model() -> str | None:
     """The zoo's default model name, or None when there is none to load without asking (no bundled model)."""
-    from ..engine.models.default_model import default_model_name
+    from ..engine.models.zoo import default_model_name
     from ..errors import UnknownModelError
 
     try:

@@ -63,10 +63,10 @@ class ModelPicker:
 
     def select_default(self, preferred: str | None = None) -> None:
         """Select ``preferred`` if offered, else the default model
-        (:func:`~napari_sam.engine.models.default_model.default_model_name`: ``$NAPARI_SAM_MODEL``, a
+        (:func:`~napari_sam.engine.models.zoo.default_model_name`: ``$NAPARI_SAM_MODEL``, a
         light-microscopy model already downloaded with its decoder, else the bundled ``tiny``), else
         leave the first entry."""
-        from ..engine.models.default_model import default_model_name
+        from ..engine.models.zoo import default_model_name
 
         try:
             name = preferred or default_model_name()

@@ -33,7 +33,7 @@ class SliceSegmenterSpec:
     """How to build the default slice segmenter: SAM automatic segmentation.
 
     Attributes:
-        model: zoo name or checkpoint path; None = :func:`~napari_sam.engine.models.default_model.default_model_name`.
+        model: zoo name or checkpoint path; None = :func:`~napari_sam.engine.models.zoo.default_model_name`.
         device, precision: resolved on the process that builds it into
             :class:`~napari_sam.engine.models.device.InferenceOptions`.
         settings: the checked :class:`~napari_sam.engine.automatic.settings.AutoSettings`
@@ -70,8 +70,7 @@ class SliceSegmenterSpec:
         """Load the model and return the slice segmenter (not cached; see :func:`build_cached`)."""
         from ..models.model_profile import model_profile
         from ..models.device import InferenceOptions
-        from ..models.default_model import default_model_name
-        from ..models.zoo import load_model
+        from ..models.zoo import default_model_name, load_model
         from ..progress import run_blocking
 
         options = InferenceOptions.resolve(self.device, self.precision)

@@ -92,7 +92,7 @@ def segment_stack(
         input: a .tif/.tiff/.zarr path, or an array: (Z, H, W), (Z, H, W, C), or 2D (one slice).
         output: ``.zarr`` (a group, see the module docstring) or ``.tif``/``.tiff``.
         model: zoo name or checkpoint path for the default SAM slice segmenter
-            (None: :func:`~napari_sam.engine.models.default_model.default_model_name`).
+            (None: :func:`~napari_sam.engine.models.zoo.default_model_name`).
         tile: (rows, cols) tiles for large slices (for SAM the same as ``settings.tile_shape``:
             tiled by the automatic mask generator; for ``segment_slice``, :func:`tiled`).
         device/precision: how the model runs (resolved where it is built).
@@ -144,7 +144,7 @@ def segment_stack(
 
         settings = _with_tile(settings if settings is not None else BATCH_DEFAULTS, tile)
         tile = settings.tile_shape
-        from ..models.default_model import default_model_name
+        from ..models.zoo import default_model_name
 
         # the default is decided once, here, and recorded with the job: workers build this very model, and
         # a resume after the default changed (a model downloaded since) is refused like any other change

@@ -1,6 +1,6 @@
-"""Which model is used when none is named: the one place that decides it.
+"""Which downloaded model may become the default (:func:`napari_sam.engine.models.zoo.default_model_name`).
 
-In this order:
+The default model, in this order:
 
 1. ``$NAPARI_SAM_MODEL``, when set (any zoo name or checkpoint path);
 2. else a light-microscopy model of micro-sam that the user has already downloaded
@@ -20,12 +20,11 @@ widgets' model list, or a name given to ``load_model``/``Segmenter``.
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from ...errors import UnknownModelError
+from . import weights_cache
 
-DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
 #: the downloaded models that may become the default, most preferred first.
 DOWNLOADED_PREFERENCE = ("vit_b_lm", "vit_t_lm", "vit_l_lm")
 BUNDLED_DEFAULT = "tiny"
@@ -36,8 +35,6 @@ _warned: set[tuple[str, str]] = set()
 
 def _cached_problem(path: Path, known_hash: str | None, size: int | None) -> str | None:
     """Why the cached ``path`` cannot serve as the default ('missing' when absent), or None when verified."""
-    from . import weights_cache
-
     if not path.is_file():
         return "missing"
     if not weights_cache.hash_is_checkable(known_hash):
@@ -50,8 +47,6 @@ def _cached_problem(path: Path, known_hash: str | None, size: int | None) -> str
 
 def _downloaded_problem(entry) -> tuple[Path, str] | None:
     """None when ``entry``'s encoder and decoder are both cached and verified, else (file, why)."""
-    from . import weights_cache
-
     folder = weights_cache.cache_dir()
     files = [(entry.filename, entry.known_hash, entry.size)]
     files.append((entry.decoder.filename, entry.decoder.known_hash, entry.decoder.size))
@@ -63,16 +58,15 @@ def _downloaded_problem(entry) -> tuple[Path, str] | None:
     return None
 
 
-def downloaded_default() -> str | None:
+def downloaded_default(registry: Mapping) -> str | None:
     """The first model of :data:`DOWNLOADED_PREFERENCE` whose encoder and instance decoder are
     both in the cache, complete and hash-verified; None when there is none. Never downloads.
 
-    A file that is present but fails verification is logged once (warning) and skipped.
+    ``registry`` maps zoo names to :class:`~napari_sam.engine.models.zoo.ModelEntry` (the zoo's
+    ``REGISTRY``). A file that is present but fails verification is logged once (warning) and skipped.
     """
-    from .zoo import REGISTRY
-
     for name in DOWNLOADED_PREFERENCE:
-        entry = REGISTRY.get(name)
+        entry = registry.get(name)
         if entry is None or entry.bundled or not entry.filename or entry.decoder is None:
             continue
         found = _downloaded_problem(entry)
@@ -89,33 +83,4 @@ def downloaded_default() -> str | None:
     return None
 
 
-def default_model_name() -> str:
-    """The model used when none is named (see the module docstring for the order).
-
-    Returns:
-        ``$NAPARI_SAM_MODEL`` if set; else ``"vit_b_lm"``, ``"vit_t_lm"`` or ``"vit_l_lm"`` when
-        that model and its decoder are already downloaded and verified; else ``"tiny"``.
-
-    Raises:
-        UnknownModelError: with what to do, when no model can be used without asking
-            (no downloaded model and the bundled file is missing from this installation).
-    """
-    name = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
-    if name:
-        return name
-    downloaded = downloaded_default()
-    if downloaded is not None:
-        return downloaded
-    from .zoo import REGISTRY
-
-    entry = REGISTRY.get(BUNDLED_DEFAULT)
-    if entry is not None and entry.available:
-        return BUNDLED_DEFAULT
-    raise UnknownModelError(
-        f"No model was named and the bundled {BUNDLED_DEFAULT!r} model is missing from this installation. "
-        "Name a model (e.g. 'vit_b_lm', downloaded on first use) or a checkpoint file, "
-        f"or set {DEFAULT_MODEL_ENV}."
-    )
-
-
-__all__ = ["DEFAULT_MODEL_ENV", "DOWNLOADED_PREFERENCE", "default_model_name", "downloaded_default"]
+__all__ = ["BUNDLED_DEFAULT", "DOWNLOADED_PREFERENCE", "downloaded_default"]

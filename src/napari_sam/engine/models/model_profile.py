@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .auto_defaults import TINY_NOTE
-from .default_model import default_model_name
-from .zoo import find_entry
+from .zoo import default_model_name, find_entry
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError, UnknownModelError
 from . import instance_decoders, weights_cache
+from .default_model import BUNDLED_DEFAULT, downloaded_default
 from .auto_defaults import zoo_defaults
 
 _log = logging.getLogger(__name__)
@@ -271,6 +272,38 @@ def list_models(include_unavailable: bool = False, families: tuple[str, ...] = (
     return [e for e in REGISTRY.values() if e.family in families and (include_unavailable or e.available)]
 
 
+DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
+
+
+def default_model_name() -> str:
+    """The model used when none is named (the one place that decides it).
+
+    Returns:
+        ``$NAPARI_SAM_MODEL`` if set; else ``"vit_b_lm"``, ``"vit_t_lm"`` or ``"vit_l_lm"`` (in that
+        order) when that model and its instance decoder are already downloaded, complete and
+        hash-verified (:func:`~napari_sam.engine.models.default_model.downloaded_default`; nothing is
+        downloaded to decide); else the bundled ``"tiny"``.
+
+    Raises:
+        UnknownModelError: with what to do, when no model can be used without asking
+            (no downloaded model and the bundled file is missing from this installation).
+    """
+    name = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
+    if name:
+        return name
+    downloaded = downloaded_default(REGISTRY)
+    if downloaded is not None:
+        return downloaded
+    entry = REGISTRY.get(BUNDLED_DEFAULT)
+    if entry is not None and entry.available:
+        return BUNDLED_DEFAULT
+    raise UnknownModelError(
+        f"No model was named and the bundled {BUNDLED_DEFAULT!r} model is missing from this installation. "
+        "Name a model (e.g. 'vit_b_lm', downloaded on first use) or a checkpoint file, "
+        f"or set {DEFAULT_MODEL_ENV}."
+    )
+
+
 def find_entry(name: str) -> ModelEntry | None:
     """The registry entry called ``name`` (case-insensitive), or None."""
     entry = REGISTRY.get(name)
@@ -421,7 +454,7 @@ def load_model(
         name_or_path: a name from :func:`list_models` (``"vit_b"``, ``"vit_b_lm"``,
             ...) or the path of a checkpoint file. A ``str`` equal to a zoo name
             means the zoo model; pass a ``Path`` to force a file. ``None``: the default
-            model (:func:`~napari_sam.engine.models.default_model.default_model_name`).
+            model (:func:`default_model_name`).
         device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or ``None``
             for the default (``NAPARI_SAM_DEVICE``, else CUDA, MPS, CPU).
         model_type: architecture of a local file; guessed from its tensors when
@@ -502,9 +535,6 @@ def decoder_models() -> list[str]:
     """Names of the zoo models that come with a trained instance decoder (automatic segmentation)."""
     return [e.name for e in list_models() if e.decoder is not None or e.bundled_decoder]
 
-
-# The default model is decided in .default_model (its own module); re-exported here for callers of the zoo.
-from .default_model import DEFAULT_MODEL_ENV, default_model_name  # noqa: E402
 
 __all__ = ["DEFAULT_MODEL_ENV", "REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models",
            "default_model_name", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]

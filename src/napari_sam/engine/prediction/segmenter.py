@@ -51,8 +51,7 @@ from .tiling import Tile, TileGrid, check_tiling, default_halo
 
 def _resolve_model(model: Any, device):
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        from ..models.default_model import default_model_name
-        from ..models.zoo import load_model
+        from ..models.zoo import default_model_name, load_model
 
         return load_model(model if model is not None else default_model_name(), device=device)
     if device is not None:
