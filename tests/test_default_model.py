@@ -175,3 +175,13 @@ def test_the_widgets_model_list_selects_the_default(download, qapp):
     assert picker.spec() == "vit_b_lm"
     picker.combo.value = "tiny"  # the user's choice stands
     assert picker.spec() == "tiny"
+
+
+def test_a_damaged_first_choice_gives_way_to_the_next_downloaded_one(download, cache, caplog):
+    b = download("vit_b_lm")
+    download("vit_t_lm")
+    (cache / b.filename).write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING):
+        assert zoo.default_model_name() == "vit_t_lm"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "'vit_b_lm'" in message and "'vit_t_lm' is used instead" in message

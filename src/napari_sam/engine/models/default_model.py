@@ -65,22 +65,26 @@ def downloaded_default(registry: Mapping) -> str | None:
     ``registry`` maps zoo names to :class:`~napari_sam.engine.models.zoo.ModelEntry` (the zoo's
     ``REGISTRY``). A file that is present but fails verification is logged once (warning) and skipped.
     """
+    damaged: list[tuple[str, Path, str]] = []
+    chosen = None
     for name in DOWNLOADED_PREFERENCE:
         entry = registry.get(name)
         if entry is None or entry.bundled or not entry.filename or entry.decoder is None:
             continue
         found = _downloaded_problem(entry)
         if found is None:
-            return name
-        path, problem = found
-        if problem != "missing" and (str(path), problem) not in _warned:
+            chosen = name
+            break
+        if found[1] != "missing":
+            damaged.append((name, *found))
+    instead = f"{chosen!r} is used instead" if chosen else (
+        f"the bundled {BUNDLED_DEFAULT!r} is used instead, and nothing is wrong with it")
+    for name, path, problem in damaged:
+        if (str(path), problem) not in _warned:
             _warned.add((str(path), problem))
-            _log.warning(
-                "The cached %r weights %s cannot be trusted (%s), so they are not the default model; the bundled "
-                "%r is used instead, and nothing is wrong with it. Choosing %r by name fetches the file again.",
-                name, path, problem, BUNDLED_DEFAULT, name,
-            )
-    return None
+            _log.warning("The cached %r weights %s cannot be trusted (%s), so they are not the default model; %s. "
+                         "Choosing %r by name fetches the file again.", name, path, problem, instead, name)
+    return chosen
 
 
 __all__ = ["BUNDLED_DEFAULT", "DOWNLOADED_PREFERENCE", "downloaded_default"]
