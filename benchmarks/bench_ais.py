@@ -13,6 +13,12 @@ over ``--repeats`` runs:
   image's true objects (random weights give meaningless maps, whose watershed cost is
   not representative) and, for reference, on the random decoder's maps.
 
+Also printed: the decoder's FLOPs at this size (``torch.utils.flop_counter.FlopCounterMode`` on
+the meta device: nothing is computed), this CPU's sustained fp32 throughput measured now (a
+2048 x 2048 matrix product, and the 3x3 convolution of the decoder's biggest layer, 128 -> 64
+channels, on a 256 x 256 crop: same work per pixel as at full size), and the resulting compute
+lower bound for the decoder: its FLOPs over the fastest of these rates.
+
 Peak memory of vit_b at 1024 x 1024 is about 4 GB. Numbers vary with load: record the
 load average with them (printed).
 
@@ -39,6 +45,38 @@ def _true_maps(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from scipy import ndimage as ndi
 
     return tuple(ndi.gaussian_filter(a, 1.0) for a in object_maps(labels))
+
+
+def decoder_flops(config, embedding_hw: tuple[int, int]) -> int:
+    """FLOPs of one decoder pass on a (1, C, h, w) embedding (counted on the meta device: no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_sam.model.instance_decoder import InstanceDecoder
+
+    with torch.device("meta"):
+        decoder = InstanceDecoder(config).eval()
+        x = torch.empty(1, config.embed_dim, *embedding_hw)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            decoder(x)
+    return int(counter.get_total_flops())
+
+
+def throughput(repeats: int = 3) -> dict[str, float]:
+    """Sustained fp32 GFLOP/s now: a 2048^3 matrix product; the decoder's biggest 3x3 convolution
+    (128 -> 64 channels) on a 256 x 256 crop, in the standard and the channels-last layout."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = {"matmul 2048^3": 2 * n**3 / _best(lambda: a @ b, repeats)[0] / 1e9}
+    conv = torch.nn.Conv2d(128, 64, 3, padding=1).eval()
+    x = torch.randn(1, 128, 256, 256)
+    flops = 2 * 128 * 64 * 9 * 256 * 256
+    with torch.inference_mode():
+        conv(x)
+        out["conv3x3 128->64 (NCHW)"] = flops / _best(lambda: conv(x), repeats)[0] / 1e9
+        xl = x.contiguous(memory_format=torch.channels_last)
+        conv(xl)
+        out["conv3x3 128->64 (channels last)"] = flops / _best(lambda: conv(xl), repeats)[0] / 1e9
+    return out
 
 
 def _best(fn, repeats: int):
@@ -76,6 +114,15 @@ def main() -> None:
     predictor = SamPredictor(model, precision="fp32")
     t_enc, _ = _best(lambda: predictor.set_image(image), args.repeats)
     emb = predictor.get_embedding()
+    gflop = decoder_flops(model.instance_decoder.config, tuple(emb.features.shape[-2:])) / 1e9
+    rates = throughput()
+    best_rate = max(rates.values())
+    print(f"  decoder: {gflop:.0f} GFLOP per {model.img_size} x {model.img_size} input")
+    for name, rate in rates.items():
+        print(f"  this CPU now, {name:40s} {rate:8.1f} GFLOP/s")
+    print(f"  compute lower bound for the decoder: {gflop:.0f} GFLOP / {best_rate:.1f} GFLOP/s = "
+          f"{gflop / best_rate:.2f} s")
+
     t_dec, maps = _best(lambda: decoder_maps(model, emb), args.repeats)
     rows = [("encoder (set_image)", t_enc), ("decoder fp32 (maps in the image frame)", t_dec)]
     true_maps = _true_maps(labels)

@@ -28,6 +28,14 @@ def _torch_threads_restored():
         torch.set_num_threads(TORCH_THREADS)
 
 
+@pytest.fixture(autouse=True)
+def _default_model_isolated(tmp_path_factory, monkeypatch):
+    """The default model must not depend on the machine: no ``$NAPARI_SAM_MODEL`` and an empty weights
+    cache (a light-microscopy model downloaded there would otherwise become the default)."""
+    monkeypatch.delenv("NAPARI_SAM_MODEL", raising=False)
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "empty_weights_cache"))
+
+
 def perturbed_state_dict(model: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> dict[str, torch.Tensor]:
     """A state dict with every float tensor perturbed by noise (many SAM tensors initialise to zero)."""
     g = torch.Generator().manual_seed(seed)

@@ -213,3 +213,70 @@ def test_three_stage_decoder_for_8_px_patches(tmp_path):
     assert InstanceDecoderConfig().depth == 4 and InstanceDecoderConfig().features == (512, 256, 128, 64)
     with pytest.raises(ValueError, match="depth"):
         InstanceDecoderConfig(depth=1)
+
+
+# --- inference speed-ups: the same maps, less work --------------------------------------------
+
+def _as_written(decoder: InstanceDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The decoder's layers run literally as torch_em writes them (interpolate before the 1x1
+    convolution, BatchNorm as a separate layer, standard layout): the reference for the fast path."""
+    import torch.nn.functional as F
+
+    def upsample(m, t):
+        if hasattr(m, "conv"):
+            return m.conv(F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False))
+        return m.block(t)
+
+    def up_block(m, t):
+        sampler, conv, norm, relu = m.block
+        return relu(norm(conv(upsample(sampler, t))))
+
+    skips, z = [], x
+    for i in range(1, decoder.config.depth + 1):
+        z = up_block(getattr(decoder, f"deconv{i}"), z)
+        skips.append(z)
+    h = decoder.base.block(x)
+    for block, sampler, skip in zip(decoder.decoder.blocks, decoder.decoder.samplers, skips[:-1]):
+        h = upsample(sampler, h)
+        c = (skip.shape[1] - h.shape[1]) // 2
+        h = block.block(torch.cat([h, skip[:, c:c + h.shape[1]]], dim=1))
+    h = decoder.decoder_head.block(torch.cat([upsample(decoder.deconv_out, h), skips[-1]], dim=1))
+    return decoder.out_conv(h)
+
+
+@pytest.mark.parametrize("conv_transpose", [False, True])
+def test_fast_inference_path_equals_the_layers_as_written(conv_transpose):
+    torch.manual_seed(3)
+    decoder = InstanceDecoder(InstanceDecoderConfig(embed_dim=32, initial_features=8, conv_transpose=conv_transpose))
+    decoder.load_state_dict(_decoder_state(decoder, seed=5))
+    decoder.eval()
+    calls = []
+    for name, m in decoder.named_modules():
+        upsampler_conv = isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and name != "out_conv"
+        if upsampler_conv or isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda mod, args: calls.append((type(mod).__name__, args[0].shape[-1])))
+    x = torch.randn(1, 32, 9, 7)
+    with torch.inference_mode():
+        fast = decoder(x, activate=False)
+        calls_fast = list(calls)
+        ref = _as_written(decoder, x)
+    assert fast.shape == ref.shape == (1, 3, 144, 112) and fast.is_contiguous()
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    # BatchNorm is folded into its convolution, and every 1x1 convolution runs before the x2 upsampling
+    assert not any(name == "BatchNorm2d" for name, _ in calls_fast)
+    if not conv_transpose:
+        assert {w for _, w in calls_fast} == {7, 14, 28, 56}  # the upsamplers' input widths, never 2x them
+    decoder.train()
+    calls.clear()
+    decoder(x)
+    assert any(name == "BatchNorm2d" for name, _ in calls)  # training runs the layers as written
+
+
+def test_maps_already_in_the_image_frame_are_not_resized():
+    maps = torch.rand(1, 3, 256, 256)
+    same = to_image_frame(maps, 256, (256, 256), (256, 256))
+    assert same.data_ptr() == maps.data_ptr() and torch.equal(same, maps)
+    cropped = to_image_frame(maps, 256, (256, 192), (256, 192))
+    assert cropped.data_ptr() == maps.data_ptr() and torch.equal(cropped, maps[..., :192])
+    resized = to_image_frame(maps, 256, (256, 192), (512, 384))
+    assert resized.shape == (1, 3, 512, 384)

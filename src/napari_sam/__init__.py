@@ -4,7 +4,7 @@ Importing this package is light: it pulls in neither Qt nor napari, and loads
 torch only when a model-related name is first used. Public names:
 
 - ``build_sam(model_type, checkpoint=None, device=None)``: a model in eval mode.
-- ``load_model(name_or_path, device=None)``: zoo name or file.
+- ``load_model(name_or_path=None, device=None)``: zoo name or file (None: the default model).
 - ``SamPredictor(model, precision=None)``: the reference's two-phase set_image / predict API.
 - ``Segmenter(model=..., device=None, precision=None)``: napari-order (row, col) scripting API.
 - ``SamAutomaticMaskGenerator(model, ..., options=None)``: automatic instance segmentation.

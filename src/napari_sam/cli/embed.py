@@ -22,7 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="TIFF/OME-TIFF, zarr/OME-Zarr folder, or .npy")
     p.add_argument("--cache", required=True, metavar="DIR", help="embedding cache folder (created if missing)")
-    p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the default model)")
+    p.add_argument("--model", default=None,
+                   help="zoo name or checkpoint path (default: $NAPARI_SAM_MODEL, else vit_b_lm, vit_t_lm or "
+                        "vit_l_lm when already downloaded with its decoder, else the bundled tiny)")
     p.add_argument("--tile", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
                    help="tile shape (default: the model's input size, e.g. 1024 1024 for vit_b)")
     p.add_argument("--halo", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,

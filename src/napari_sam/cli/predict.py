@@ -43,7 +43,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--slice", type=slice_index, default=None, metavar="I[,J...]",
                    help="which 2D slice of a stack: one index per leading axis, e.g. 3 for (Z, Y, X) or "
                         "3,5 for (T, Z, Y, X)")
-    p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="zoo name or checkpoint path (default: $NAPARI_SAM_MODEL, else vit_b_lm, vit_t_lm or "
+                        "vit_l_lm when already downloaded with its decoder, else the bundled tiny)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
                    help="compute precision (default: the device's default; int8: CPU only, faster, not exact)")

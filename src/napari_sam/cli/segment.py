@@ -25,7 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="input stack: .tif/.tiff file or .zarr array/group; 2D = one slice")
     p.add_argument("--out", required=True, help="output labels: .tif/.tiff or .zarr")
-    p.add_argument("--model", default=None, help="zoo name or checkpoint path (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="zoo name or checkpoint path (default: $NAPARI_SAM_MODEL, else vit_b_lm, vit_t_lm or "
+                        "vit_l_lm when already downloaded with its decoder, else the bundled tiny)")
     p.add_argument("--tile", nargs=2, type=int, metavar=("ROWS", "COLS"), default=None,
                    help="segment large slices in tiles of ROWS x COLS pixels")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")

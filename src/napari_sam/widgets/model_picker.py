@@ -62,8 +62,10 @@ class ModelPicker:
         return self.combo.value
 
     def select_default(self, preferred: str | None = None) -> None:
-        """Select ``preferred`` if offered, else the default model (the bundled ``tiny``: works
-        offline), else leave the first entry."""
+        """Select ``preferred`` if offered, else the default model
+        (:func:`~napari_sam.engine.models.zoo.default_model_name`: ``$NAPARI_SAM_MODEL``, a
+        light-microscopy model already downloaded with its decoder, else the bundled ``tiny``), else
+        leave the first entry."""
         from ..engine.models.zoo import default_model_name
 
         try:

@@ -51,7 +51,7 @@ class TrainingWidget(Container):
         self._labels = ComboBox(label="labels", choices=self._layer_choices("Labels"), nullable=True)
         self._picker = ModelPicker("start from")
         self._model, self._model_file = self._picker.combo, self._picker.file
-        self._picker.select_default()  # the bundled tiny: works offline
+        self._picker.select_default()  # no download: a model already downloaded, else the bundled tiny
         self._decoder_only = CheckBox(text="decoder only (freeze encoder, faster)", value=True)
         self._epochs = SpinBox(label="epochs", min=1, max=10000, value=20)
         self._interactions = SpinBox(label="prompt rounds", min=1, max=16, value=4)

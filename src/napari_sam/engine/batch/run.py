@@ -144,8 +144,13 @@ def segment_stack(
 
         settings = _with_tile(settings if settings is not None else BATCH_DEFAULTS, tile)
         tile = settings.tile_shape
+        from ..models.zoo import default_model_name
+
+        # the default is decided once, here, and recorded with the job: workers build this very model, and
+        # a resume after the default changed (a model downloaded since) is refused like any other change
         spec = SliceSegmenterSpec(
-            model=None if model is None else str(model), device=device, precision=precision, settings=settings,
+            model=default_model_name() if model is None else str(model), device=device, precision=precision,
+            settings=settings,
             intensity_limits=ImageSlices(stack, rgb=rgb).intensity_limits(),
         )
         from ..models.zoo import check_model

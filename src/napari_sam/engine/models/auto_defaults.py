@@ -41,7 +41,7 @@ _TINY = (("pred_iou_thresh", 0.7), ("stability_score_thresh", 0.8))
 
 #: the line shown when the bundled model is in use (widgets' status, ``napari-sam segment``).
 TINY_NOTE = ("Bundled model 'tiny' in use: small, trained on synthetic fluorescence only; for real data "
-             "choose 'vit_b_lm' (light microscopy) or 'vit_b_em_organelles' (electron microscopy).")
+             "choose 'vit_b_lm' (light microscopy; once downloaded it becomes the default) or 'vit_b_em_organelles' (electron microscopy).")
 
 
 def zoo_defaults(name: str) -> tuple[tuple[str, float], ...]:

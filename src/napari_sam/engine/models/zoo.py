@@ -47,6 +47,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError, UnknownModelError
 from . import instance_decoders, weights_cache
+from .default_model import BUNDLED_DEFAULT, downloaded_default
 from .auto_defaults import zoo_defaults
 
 _log = logging.getLogger(__name__)
@@ -275,21 +276,30 @@ DEFAULT_MODEL_ENV = "NAPARI_SAM_MODEL"
 
 
 def default_model_name() -> str:
-    """The model used when none is named: ``$NAPARI_SAM_MODEL``, else the bundled ``tiny``.
+    """The model used when none is named (the one place that decides it).
 
-    Raises :class:`UnknownModelError` with what to do if the bundled file is missing.
+    Returns:
+        ``$NAPARI_SAM_MODEL`` if set; else ``"vit_b_lm"``, ``"vit_t_lm"`` or ``"vit_l_lm"`` (in that
+        order) when that model and its instance decoder are already downloaded, complete and
+        hash-verified (:func:`~napari_sam.engine.models.default_model.downloaded_default`; nothing is
+        downloaded to decide); else the bundled ``"tiny"``.
+
+    Raises:
+        UnknownModelError: with what to do, when no model can be used without asking
+            (no downloaded model and the bundled file is missing from this installation).
     """
-    import os
-
-    name = os.environ.get(DEFAULT_MODEL_ENV)
+    name = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
     if name:
         return name
-    entry = REGISTRY.get("tiny")
+    downloaded = downloaded_default(REGISTRY)
+    if downloaded is not None:
+        return downloaded
+    entry = REGISTRY.get(BUNDLED_DEFAULT)
     if entry is not None and entry.available:
-        return "tiny"
+        return BUNDLED_DEFAULT
     raise UnknownModelError(
-        "No model was named and the bundled 'tiny' model is missing from this installation. "
-        "Name a model (e.g. 'vit_b', downloaded on first use) or a checkpoint file, "
+        f"No model was named and the bundled {BUNDLED_DEFAULT!r} model is missing from this installation. "
+        "Name a model (e.g. 'vit_b_lm', downloaded on first use) or a checkpoint file, "
         f"or set {DEFAULT_MODEL_ENV}."
     )
 
@@ -430,7 +440,7 @@ def _build(state: dict, model_type: str, source: str, device):
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | None = None,
     device=None,
     *,
     model_type: str | None = None,
@@ -443,7 +453,8 @@ def load_model(
     Args:
         name_or_path: a name from :func:`list_models` (``"vit_b"``, ``"vit_b_lm"``,
             ...) or the path of a checkpoint file. A ``str`` equal to a zoo name
-            means the zoo model; pass a ``Path`` to force a file.
+            means the zoo model; pass a ``Path`` to force a file. ``None``: the default
+            model (:func:`default_model_name`).
         device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or ``None``
             for the default (``NAPARI_SAM_DEVICE``, else CUDA, MPS, CPU).
         model_type: architecture of a local file; guessed from its tensors when
@@ -466,6 +477,8 @@ def load_model(
         DownloadError: the weights could not be fetched (offline, network, bad hash).
         CheckpointError: the file is missing, truncated, unsafe, or of another model type.
     """
+    if name_or_path is None:
+        name_or_path = default_model_name()
     entry = find_entry(name_or_path) if isinstance(name_or_path, str) else None
     if entry is not None:
         arch = entry.architecture
@@ -523,5 +536,5 @@ def decoder_models() -> list[str]:
     return [e.name for e in list_models() if e.decoder is not None or e.bundled_decoder]
 
 
-__all__ = ["REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models", "find_entry", "get_entry",
-           "list_models", "load_model", "weights_path"]
+__all__ = ["DEFAULT_MODEL_ENV", "REGISTRY", "DecoderFile", "ModelEntry", "check_model", "decoder_models",
+           "default_model_name", "find_entry", "get_entry", "list_models", "load_model", "weights_path"]
