@@ -17,11 +17,9 @@ from napari_sam.errors import CacheError, InvalidPromptError
 
 @pytest.fixture(scope="module")
 def sam2_model():
-    from sam2_state import perturbed_sam2_state
+    from sam2_state import tiny_sam2_model
 
-    from napari_sam.model.sam2 import build_sam2
-
-    return build_sam2("sam2.1_hiera_tiny", perturbed_sam2_state("sam2.1_hiera_tiny"), image_size=256)
+    return tiny_sam2_model()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_clicks_boxes_and_refinement_equal_the_image_predictor(sam2_model, rgb):
     # one positive click (multimask), as napari's (row, col); SAM 2 gets (x, y)
     pred = seg.predict(points=[(50, 60)], multimask=True)
     masks, scores, low = _direct(sam2_model, rgb, point_coords=np.array([[60.0, 50.0]]), point_labels=np.array([1]))
-    assert masks.shape == (3, 180, 240) and masks.any()
+    assert masks.shape == (3, 180, 240) and masks.any() and pred.masks.dtype == bool
     np.testing.assert_array_equal(pred.masks, masks)
     np.testing.assert_array_equal(pred.scores, scores)
     np.testing.assert_array_equal(pred.logits, low)

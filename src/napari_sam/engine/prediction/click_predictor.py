@@ -28,6 +28,7 @@ class ClickPredictor(Protocol):
         options: the resolved :class:`~napari_sam.engine.models.device.InferenceOptions`.
         encoder_size: side of the model's square encoder input (the default tile side).
         feature_shape: (C, h, w) of :attr:`Embedding.features`.
+        mask_input_size: (4h, 4w) of the low-resolution mask logits.
         embedding_bytes: float32 bytes of one :class:`Embedding` (all its feature levels).
     """
 
@@ -44,6 +45,9 @@ class ClickPredictor(Protocol):
 
     @property
     def feature_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]: ...
 
     @property
     def embedding_bytes(self) -> int: ...

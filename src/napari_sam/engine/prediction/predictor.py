@@ -135,6 +135,11 @@ class SamPredictor:
         return (int(pe.embed_dim), *map(int, pe.image_embedding_size))
 
     @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """(4h, 4w) of the low-resolution mask logits the decoder takes and gives."""
+        return tuple(int(s) for s in self.model.prompt_encoder.mask_input_size)
+
+    @property
     def embedding_bytes(self) -> int:
         """float32 bytes of one :class:`Embedding`."""
         return 4 * int(np.prod(self.feature_shape))

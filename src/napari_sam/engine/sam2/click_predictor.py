@@ -85,6 +85,11 @@ class SAM2ClickPredictor:
         return ((c // 8, 4 * g, 4 * g), (c // 4, 2 * g, 2 * g))
 
     @property
+    def mask_input_size(self) -> tuple[int, int]:
+        side = 4 * int(self.model.cfg.embedding_size)
+        return (side, side)
+
+    @property
     def embedding_bytes(self) -> int:
         return 4 * sum(int(np.prod(s)) for s in (self.feature_shape, *self.high_res_shapes))
 
@@ -129,8 +134,7 @@ class SAM2ClickPredictor:
         boxes = check_box(box, emb.original_size)
         if boxes is not None and boxes.shape[0] != 1:
             raise InvalidPromptError("predict takes one box.")
-        side = 4 * int(self.model.cfg.embedding_size)
-        mask = check_mask_input(mask_input, (side, side))
+        mask = check_mask_input(mask_input, self.mask_input_size)
         if coords is None and boxes is None and mask is None:
             raise InvalidPromptError("Give at least one prompt: points, a box or a mask input.")
         return coords, labels, None if boxes is None else boxes[0], mask
@@ -140,7 +144,8 @@ class SAM2ClickPredictor:
         """masks (M, H, W) bool, scores (M,), low-resolution logits (M, S/4, S/4), as
         :meth:`SAM2ImagePredictor.predict` gives them."""
         coords, labels, box, mask = self._checked(point_coords, point_labels, box, mask_input)
-        return self._image.predict(coords, labels, box, mask, multimask_output)
+        masks, scores, low = self._image.predict(coords, labels, box, mask, multimask_output)
+        return masks.astype(bool), scores, low  # the image predictor gives 0/1 floats, as Meta's does
 
     def predict_candidates(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                            multimask_output: bool = True) -> tuple[CandidateMasks, np.ndarray, np.ndarray]:
