@@ -2,7 +2,7 @@
 
 Opens a real viewer (its OpenGL context exists from then on) before anything heavy is imported,
 adds every dock widget of napari-sam's manifest, and presses every push button of each on a 2D
-and a 3D sample, with the bundled model, then the main widget's with a SAM 2.1 model file. Prints one JSON line: what was pressed, each widget's
+and a 3D sample, with the bundled model, then the main widget's with a SAM 2.1 model. Prints one JSON line: what was pressed, each widget's
 status after each sample, and which crash-prone modules got imported.
 
 Usage: python crash_guard_script.py OUT_DIR
@@ -137,21 +137,15 @@ for key, image_data, truth_data in (("2d", image2d, truth2d), ("3d", image3d, tr
     statuses[key] = step
     clicks[key] = click
 
-# the click loop with a SAM 2.1 model, chosen as a file (a random hiera_tiny: the zoo's would download)
-import torch  # noqa: E402
-from sam2_state import perturbed_sam2_state  # noqa: E402
+# the click loop with a SAM 2.1 model (a random hiera_tiny at 256 px: the zoo's would download, and
+# a 1024 px one would take minutes on a CPU here); loading SAM 2.1 files is tested in test_zoo/test_sam2_*
+from sam2_state import tiny_sam2_model  # noqa: E402
 
-from napari_sam.widgets.model_picker import FROM_FILE  # noqa: E402
-
-sam2_file = out_dir / "sam2.1_hiera_tiny_random.pt"
-torch.save({"model": perturbed_sam2_state("sam2.1_hiera_tiny")}, sam2_file)
 name = "Segment Anything"
 main = widgets[name]
 main._image.value = viewer.layers["sample 2d"]
 main._target.value = viewer.layers["sam target 2d"]
-main._picker.combo.value = FROM_FILE
-main._picker.file.value = sam2_file
-main._load.native.click()
+main.set_model(tiny_sam2_model(), name="sam2.1-random")
 pressed[name].append(["Load model", status(name), None])
 sam2_loaded = main.controller.segmenter is not None and type(main.controller.segmenter.predictor).__name__
 main.controller.add_point(clicks["2d"])
