@@ -6,8 +6,8 @@ Same methods, arguments and results as ``sam2.sam2_video_predictor.SAM2VideoPred
 
 - ``init_state`` takes any sequence napari-sam reads (a (T, H, W[, C]) numpy, zarr or
   dask array, a TIFF or zarr path) as well as a folder of JPEG frames; frames are read
-  one at a time when needed and only the current frame's features are held, so memory
-  does not grow with the frames (Meta's loads the whole video). What grows, by default,
+  one at a time when needed and their features are held in a cache bounded in bytes, so
+  memory does not grow with the frames (Meta's loads the whole video). What grows, by default,
   is the per-frame tracking output (about 1.8 MB per frame and object at 1024 px);
   with ``bounded_memory=True`` only what the memory bank can still attend to is kept
   (see :meth:`SAM2VideoPredictor._trim`), so memory stays flat in the number of frames.
