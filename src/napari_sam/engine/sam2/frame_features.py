@@ -23,8 +23,8 @@ import torch
 from ...model.sam2.sam2 import ImageFeatures
 from .frames import FrameSource, rgb_model_input
 
-#: default bound of a video predictor's feature store (about 12 frames of a 1024 px hiera model,
-#: about 190 frames at 256 px).
+#: default bound of a video predictor's feature store (16 frames of a 1024 px model: 16 MiB each,
+#: 256 frames at 256 px).
 FEATURE_CACHE_BYTES = 256 * 2**20
 
 
