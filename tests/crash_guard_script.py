@@ -2,7 +2,7 @@
 
 Opens a real viewer (its OpenGL context exists from then on) before anything heavy is imported,
 adds every dock widget of napari-sam's manifest, and presses every push button of each on a 2D
-and a 3D sample, with the bundled model. Prints one JSON line: what was pressed, each widget's
+and a 3D sample, with the bundled model, then the main widget's with a SAM 2.1 model. Prints one JSON line: what was pressed, each widget's
 status after each sample, and which crash-prone modules got imported.
 
 Usage: python crash_guard_script.py OUT_DIR
@@ -55,6 +55,7 @@ def buttons(container) -> list[PushButton]:
 
 pressed: dict[str, list[list]] = {name: [] for name in widgets}  # [button, status after, seconds]
 statuses: dict[str, dict[str, str]] = {}
+clicks: dict[str, tuple[float, float]] = {}
 
 
 def press_all(name: str, skip: tuple[str, ...] = ()) -> None:
@@ -134,6 +135,24 @@ for key, image_data, truth_data in (("2d", image2d, truth2d), ("3d", image3d, tr
     press_all(name)
     step[name] = status(name)
     statuses[key] = step
+    clicks[key] = click
+
+# the click loop with a SAM 2.1 model (a random hiera_tiny at 256 px: the zoo's would download, and
+# a 1024 px one would take minutes on a CPU here); loading SAM 2.1 files is tested in test_zoo/test_sam2_*
+from sam2_state import tiny_sam2_model  # noqa: E402
+
+name = "Segment Anything"
+main = widgets[name]
+main._image.value = viewer.layers["sample 2d"]
+main._target.value = viewer.layers["sam target 2d"]
+main.set_model(tiny_sam2_model(), name="sam2.1-random")
+pressed[name].append(["Load model", status(name), None])
+sam2_loaded = main.controller.segmenter is not None and type(main.controller.segmenter.predictor).__name__
+main.controller.add_point(clicks["2d"])
+press_all(name, skip=("Load model",))
+main.controller.add_point(clicks["2d"])
+main._accept.native.click()
+statuses["sam2"] = {name: status(name), "predictor": sam2_loaded}
 
 result = {
     "heavy_at_start": heavy_at_start,

@@ -21,3 +21,10 @@ def perturbed_sam2_state(name: str = "sam2.1_hiera_tiny", seed: int = 0, scale: 
     # call the object absent and every mask would be empty (parity would hold trivially)
     out["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] = torch.full((1,), 2.0)
     return out
+
+
+def tiny_sam2_model(seed: int = 0):
+    """A perturbed random hiera_tiny at 256 px input: a SAM 2.1 model that embeds in about a second."""
+    from napari_sam.model.sam2 import build_sam2
+
+    return build_sam2("sam2.1_hiera_tiny", perturbed_sam2_state("sam2.1_hiera_tiny", seed=seed), image_size=256)

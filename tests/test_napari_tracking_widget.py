@@ -39,6 +39,7 @@ def test_time_lapse_tracked_with_sam2_memory_and_tracks_layer(make_napari_viewer
 
     w._all.changed.emit(True)  # "Propagate all objects on this slice"
     data = np.asarray(labels.data)
+    first = data.copy()
     assert "with SAM 2 memory" in w._status.value, w._status.value
     np.testing.assert_array_equal(data == 9, start == 9)  # other objects untouched
     np.testing.assert_array_equal(data[2], start[2])  # the drawn frame as drawn
@@ -58,6 +59,12 @@ def test_time_lapse_tracked_with_sam2_memory_and_tracks_layer(make_napari_viewer
 
     labels.undo()  # the whole run is one undo step
     np.testing.assert_array_equal(np.asarray(labels.data), start)
+
+    predictor = w.session.video_predictor(w._model.value)  # kept by the session across runs
+    assert predictor.encoded_frames == 6
+    w._all.changed.emit(True)  # the same run again: every frame's features come from the store
+    assert predictor.encoded_frames == 6
+    np.testing.assert_array_equal(np.asarray(labels.data), first)
 
 
 def test_tracks_from_labels_rows():

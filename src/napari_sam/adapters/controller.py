@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -147,8 +148,14 @@ class SamController:
         """Use ``model`` (a built ``Sam``, a zoo name or a checkpoint path; names load inline, blocking)."""
         from ..engine.prediction.segmenter import Segmenter
 
-        with self._lock:
+        with self._lock, warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always", RuntimeWarning)
             self.segmenter = Segmenter(model=model, precision=precision)
+        for w in fallbacks:  # e.g. a SAM 2.1 model asked to run in int8: it runs in fp32 and says so
+            if issubclass(w.category, RuntimeWarning):
+                self._status(str(w.message), "warning")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.model_name = name or (model if isinstance(model, str) else getattr(model, "name", None) or "custom")
         self.prediction = None
         self.events.model_changed()

@@ -34,7 +34,7 @@ def mask_prompt(segmenter: Any, mask: np.ndarray) -> tuple[np.ndarray | None, tu
     On a tiled slice the logits are those of the tile holding the whole object; an object
     spanning tiles gets no mask prompt (corrections then come from clicks alone).
     """
-    model = segmenter.model
+    predictor = segmenter.predictor  # SAM 1 or SAM 2.1: the geometry of its encoder input
     grid = getattr(segmenter, "tile_grid", None)
     tile = None
     if grid is not None and len(grid) > 1:
@@ -43,7 +43,8 @@ def mask_prompt(segmenter: Any, mask: np.ndarray) -> tuple[np.ndarray | None, tu
         if chosen is None:
             return None, None
         mask, tile = mask[chosen.outer_slices], tuple(chosen.index)
-    return mask_to_logits(mask, model.image_encoder.img_size, model.prompt_encoder.mask_input_size), tile
+    return mask_to_logits(mask, predictor.encoder_size, predictor.mask_input_size,
+                          resized_hw=predictor.resized_size(mask.shape)), tile
 
 
 def pick_up(segmenter: Any, target: Any, image_layer: Any, key: tuple[int, ...], label_id: int) -> LabelEdit:

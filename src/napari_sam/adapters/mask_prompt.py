@@ -15,15 +15,22 @@ MASK_LOGIT = 8.0
 
 
 def mask_to_logits(
-    mask: np.ndarray, img_size: int, mask_input_size: tuple[int, int], value: float = MASK_LOGIT
+    mask: np.ndarray, img_size: int, mask_input_size: tuple[int, int], value: float = MASK_LOGIT,
+    resized_hw: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """(H, W) bool mask -> (1, mh, mw) float32 logits for ``mask_input`` (mh, mw = ``mask_input_size``)."""
+    """(H, W) bool mask -> (1, mh, mw) float32 logits for ``mask_input`` (mh, mw = ``mask_input_size``).
+
+    ``resized_hw``: (h, w) of the image inside the encoder input; default: longest side to
+    ``img_size`` (SAM 1); SAM 2.1 resizes every image to (img_size, img_size).
+    """
     from skimage.transform import resize
 
     mask = np.asarray(mask, dtype=np.float32)
-    from ..model.transforms import get_preprocess_shape  # on use: napari_sam.model imports torch
+    if resized_hw is None:
+        from ..model.transforms import get_preprocess_shape  # on use: napari_sam.model imports torch
 
-    h, w = get_preprocess_shape(mask.shape[0], mask.shape[1], img_size)
+        resized_hw = get_preprocess_shape(mask.shape[0], mask.shape[1], img_size)
+    h, w = (int(s) for s in resized_hw)
     resized = resize(mask, (h, w), order=1, anti_aliasing=True, preserve_range=True)
     padded = np.zeros((img_size, img_size), np.float32)
     padded[:h, :w] = resized

@@ -46,6 +46,7 @@ class PropagationSession:
         self.stop_requested = False
         self._own: tuple[Any, Any, Any, Any] | None = None  # (model or name, image layer, its array, Segmenter)
         self._sam2: tuple[str, Any] | None = None  # (zoo name, loaded SAM 2.1 model)
+        self._video: tuple[Any, Any] | None = None  # (SAM 2.1 model, its video predictor: frame features kept)
 
     # ---- SAM 2 -----------------------------------------------------------------------------------
     def uses_memory(self, name: str | None) -> bool:
@@ -71,6 +72,18 @@ class PropagationSession:
 
             self._sam2 = (name, load_model(name))
         return self._sam2[1]
+
+    def video_predictor(self, name: str | None) -> Any:
+        """A SAM 2.1 video predictor of ``name`` kept across runs, so a re-propagation (after a
+        correction) reuses the frame features its feature store still holds."""
+        model = self.sam2_model(name)
+        from ..engine.sam2.video_predictor import SAM2VideoPredictor
+
+        if isinstance(model, SAM2VideoPredictor):
+            return model
+        if self._video is None or self._video[0] is not model:
+            self._video = (model, SAM2VideoPredictor(model, bounded_memory=True))
+        return self._video[1]
 
     # ---- the segmenter ---------------------------------------------------------------------------
     def segmenter(self, image: Any, name: str | None) -> tuple[Any, Callable[[], Any] | None]:
@@ -134,7 +147,7 @@ class PropagationSession:
 
         def run():
             if memory:  # SAM 2.1: all objects at once through the memory bank
-                gen = propagate(self.sam2_model(name), seeds, labels=work, directions=directions,
+                gen = propagate(self.video_predictor(name), seeds, labels=work, directions=directions,
                                 image=layer_data.layer_array(image))
             else:
                 gen = propagate(self.predictor(image, name), seeds, labels=work, directions=directions)

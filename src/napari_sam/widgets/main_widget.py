@@ -57,7 +57,7 @@ class SamWidget(Container):
 
         self._image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self._channels = ChannelPicker(self._viewer)
-        self._picker = ModelPicker("model")
+        self._picker = ModelPicker("model", families=("sam", "sam2"))  # SAM 2.1 clicks: engine/sam2/click_predictor.py
         self._model, self._model_file = self._picker.combo, self._picker.file
         if _default_model() in self._model.choices:
             self._model.value = _default_model()

@@ -178,6 +178,11 @@ def run_track(prepared: PreparedTrack, sam2: Any) -> Generator[Progress, None, T
 
     frames, frame_source, shape, prompts, store = (prepared.frames, prepared.frame_source, prepared.shape,
                                                    prepared.prompts, prepared.store)
+    from ..sam2.video_predictor import SAM2VideoPredictor
+
+    if not isinstance(sam2, SAM2VideoPredictor):
+        # one predictor for every pass below: frames the forward pass encoded are reused from its feature store
+        sam2 = SAM2VideoPredictor(sam2, bounded_memory=True)
     n = shape[0]
     if prepared.finished:
         yield Progress(n, n, "already finished")

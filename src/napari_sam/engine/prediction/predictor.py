@@ -38,11 +38,19 @@ class Embedding:
         features: (1, C, h, w) float32 tensor (C = 256 for the published models).
         original_size: (H, W) of the image the prompts refer to.
         input_size: (h', w') of the resized image inside the padded encoder input.
+        high_res: further feature levels the decoder reads: empty for SAM 1; for SAM 2.1 the
+            two high-resolution levels (1, C/8, 4h, 4w) and (1, C/4, 2h, 2w), float32.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all its feature tensors."""
+        return sum(t.numel() * t.element_size() for t in (self.features, *self.high_res))
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -78,8 +86,9 @@ class SamPredictor:
 
         if isinstance(sam_model, SAM2Model):
             raise InvalidParameterError(
-                f"{sam_model.cfg.name} is a SAM 2.1 model: use napari_sam.SAM2ImagePredictor (or "
-                f"SAM2VideoPredictor) for it; SamPredictor and the napari-sam tools run SAM 1 models."
+                f"{sam_model.cfg.name} is a SAM 2.1 model: SamPredictor, and the automatic segmentation built on "
+                f"it, run SAM 1 models. For SAM 2.1 use napari_sam.SAM2ImagePredictor, SAM2VideoPredictor or "
+                f"the Segmenter (clicks); for automatic segmentation pick a SAM 1 model (e.g. the bundled 'tiny')."
             )
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
@@ -112,6 +121,34 @@ class SamPredictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    # ---- the click-predictor interface (engine/prediction/click_predictor.py) ----------------
+    @property
+    def encoder_size(self) -> int:
+        """Side of the square encoder input (e.g. 1024)."""
+        return int(self.model.image_encoder.img_size)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one image embedding."""
+        pe = self.model.prompt_encoder
+        return (int(pe.embed_dim), *map(int, pe.image_embedding_size))
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """(4h, 4w) of the low-resolution mask logits the decoder takes and gives."""
+        return tuple(int(s) for s in self.model.prompt_encoder.mask_input_size)
+
+    @property
+    def embedding_bytes(self) -> int:
+        """float32 bytes of one :class:`Embedding`."""
+        return 4 * int(np.prod(self.feature_shape))
+
+    def resized_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(h', w') of an (H, W) image inside the padded encoder input."""
+        from ...model.transforms import get_preprocess_shape
+
+        return get_preprocess_shape(int(hw[0]), int(hw[1]), self.encoder_size)
 
     @property
     def decoder_dtype(self) -> torch.dtype | None:

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConcurrentUseError, InvalidImageError, InvalidPromptError
-from ...model.transforms import get_preprocess_shape
 from ..store.embedding_store import EmbeddingStore
 from ..images.image_slices import ImageSlices, SliceIndex
-from .predictor import Embedding, SamPredictor
+from .click_predictor import click_predictor, model_family
+from .predictor import Embedding
 from ..progress import Progress, run_blocking
 from .prompts import check_rowcol_prompts
 from .tiled_prediction import Prediction, TiledEmbedding, predict_tiled
@@ -59,6 +59,14 @@ def _resolve_model(model: Any, device):
 
         model = model.to(resolve_device(device))
     return model
+
+
+def _architecture(model: Any) -> str:
+    """The model's architecture name (``vit_b``, ``sam2.1_hiera_tiny``, ...) for the cache signature."""
+    cfg = getattr(model, "cfg", None)
+    if model_family(model) == "sam2" and cfg is not None:
+        return f"{cfg.name}@{cfg.image_size}"
+    return str(getattr(model, "model_type", type(model).__name__))
 
 
 class Segmenter:
@@ -106,7 +114,7 @@ class Segmenter:
         self._generation = 0  # bumped by set_image / set_tiling
         self._set_by = threading.local()  # the generation this thread's own set_image produced
         self.model = _resolve_model(model, device)
-        self.predictor = SamPredictor(self.model, precision=precision)
+        self.predictor = click_predictor(self.model, precision=precision)  # SAM 1 or SAM 2.1
         self.rgb = rgb
         self.cache_size = int(cache_size)
         self.cache_bytes = cache_bytes
@@ -123,13 +131,12 @@ class Segmenter:
     @property
     def input_size(self) -> int:
         """The model's square input size in pixels (the default tile side)."""
-        return int(self.model.image_encoder.img_size)
+        return self.predictor.encoder_size
 
     @property
     def _feature_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of one tile's image embedding."""
-        pe = self.model.prompt_encoder
-        return (int(pe.embed_dim), *map(int, pe.image_embedding_size))
+        return self.predictor.feature_shape
 
     def _tiling_for(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         tile = self._tile_setting
@@ -167,7 +174,7 @@ class Segmenter:
     def _memory_bound(self, n_tiles: int) -> int:
         if self.cache_bytes is not None:
             return int(self.cache_bytes)
-        per_tile = int(np.prod(self._feature_shape)) * 4  # float32 features
+        per_tile = self.predictor.embedding_bytes  # float32 features, all levels
         return max(1, self.cache_size) * max(1, n_tiles) * per_tile
 
     # ---- image -------------------------------------------------------------------------------
@@ -297,7 +304,8 @@ class Segmenter:
             "shape": [int(s) for s in self.image.shape],
             "dtype": np.dtype(self.image.dtype).str,
             "rgb": self.slices.is_rgb,
-            "model": str(getattr(self.model, "model_type", type(self.model).__name__)),
+            "family": model_family(self.model),  # SAM 1 and SAM 2.1 entries never mix
+            "model": _architecture(self.model),
             "weights": model_fingerprint(self.model),
             "precision": str(self.predictor.precision),
             "image_format": str(getattr(self.model, "image_format", "RGB")),
@@ -311,7 +319,7 @@ class Segmenter:
         if not self._store_bound:
             g = self.tile_grid
             tile_hw = g.tiles[0].shape
-            input_size = get_preprocess_shape(*tile_hw, self.input_size)
+            input_size = self.predictor.resized_size(tile_hw)
             self.store.open(
                 self._signature() if self.store.cache_dir is not None else {},
                 n_slices=self.n_slices,
@@ -320,6 +328,7 @@ class Segmenter:
                 original_size=tile_hw,
                 input_size=input_size,
                 extra_attrs={"tile_grid": g.describe()},
+                high_res_shapes=getattr(self.predictor, "high_res_shapes", ()),
             )
             self._store_bound = True
         return self.store

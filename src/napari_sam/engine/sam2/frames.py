@@ -123,10 +123,15 @@ class FrameSource:
 
     def model_input(self, index: int, size: int, mean, std) -> torch.Tensor:
         """Frame ``index`` resized to (3, size, size), normalised float32 (Meta's JPEG pipeline)."""
-        from PIL import Image
+        return rgb_model_input(self.rgb(index), size, mean, std)
 
-        resized = np.asarray(Image.fromarray(self.rgb(index)).resize((size, size))) / 255.0
-        x = torch.from_numpy(resized).permute(2, 0, 1).float()
-        mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-        return (x - mean) / std
+
+def rgb_model_input(rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) normalised float32, as :meth:`FrameSource.model_input`."""
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(rgb).resize((size, size))) / 255.0
+    x = torch.from_numpy(resized).permute(2, 0, 1).float()
+    mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (x - mean) / std

@@ -116,6 +116,22 @@ class SAM2ImagePredictor:
         self._is_image_set = True
         self._is_batch = True
 
+    def get_features(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[int, int]]:
+        """The current image's (image_embed (1, C, S/16, S/16), high-resolution features
+        ((1, C/8, S/4, S/4), (1, C/4, S/8, S/8)), (H, W)): what :meth:`set_features` takes back."""
+        self._check_set()
+        if self._is_batch:
+            raise ImageNotSetError("get_features is for one image set with .set_image(...), not a batch.")
+        return self._features["image_embed"], tuple(self._features["high_res_feats"]), self._orig_hw[0]
+
+    def set_features(self, image_embed: torch.Tensor, high_res_feats, orig_hw: tuple[int, int]) -> None:
+        """Use features from :meth:`get_features` (e.g. cached) instead of running the encoder."""
+        self.reset_predictor()
+        self._features = {"image_embed": image_embed.to(self.device),
+                          "high_res_feats": [f.to(self.device) for f in high_res_feats]}
+        self._orig_hw = [tuple(int(s) for s in orig_hw)]
+        self._is_image_set = True
+
     def get_image_embedding(self) -> torch.Tensor:
         """(1, C, S/16, S/16) embedding of the current image."""
         self._check_set()

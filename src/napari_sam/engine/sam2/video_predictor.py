@@ -6,12 +6,15 @@ Same methods, arguments and results as ``sam2.sam2_video_predictor.SAM2VideoPred
 
 - ``init_state`` takes any sequence napari-sam reads (a (T, H, W[, C]) numpy, zarr or
   dask array, a TIFF or zarr path) as well as a folder of JPEG frames; frames are read
-  one at a time when needed and only the current frame's features are held, so memory
-  does not grow with the frames (Meta's loads the whole video). What grows, by default,
+  one at a time when needed and their features are held in a cache bounded in bytes, so
+  memory does not grow with the frames (Meta's loads the whole video). What grows, by default,
   is the per-frame tracking output (about 1.8 MB per frame and object at 1024 px);
   with ``bounded_memory=True`` only what the memory bank can still attend to is kept
   (see :meth:`SAM2VideoPredictor._trim`), so memory stays flat in the number of frames.
 - The inference state is a typed :class:`InferenceState`, not a dict.
+- Per-frame image features are kept in napari-sam's embedding store (memory LRU bounded in
+  bytes; :mod:`.frame_features`): a second propagation by the same predictor (a re-run after
+  a correction) reuses the frames still there instead of encoding them again, same masks.
 - Bad input raises napari-sam's typed errors.
 - Hole filling (``fill_hole_area``) is off by default: Meta's needs its CUDA extension
   and skips it on CPU.
@@ -32,6 +35,7 @@ from ...errors import InvalidPromptError, TrackingError
 from ...model.sam2 import NO_OBJ_SCORE, SAM2Model
 from ...model.sam2.sam2 import ImageFeatures
 from ...model.sam2.tracking import FrameOutput, MemoryBank, encode_memory, track_step
+from .frame_features import FrameFeatures
 from .frames import FrameSource
 from .image_predictor import remove_small_regions
 
@@ -82,10 +86,13 @@ class SAM2VideoPredictor:
             the same masks either way; a prompt added later on an already-tracked frame far
             from the prompted and recent frames then sees fewer earlier memories than Meta's
             would (the ones dropped).
+        feature_store: the :class:`~napari_sam.engine.store.embedding_store.EmbeddingStore` that keeps
+            per-frame features for reuse (memory only: SAM 2.1 features are not written to disk); by
+            default a new one bounded to :data:`~.frame_features.FEATURE_CACHE_BYTES`.
     """
 
     def __init__(self, model: SAM2Model, fill_hole_area: int = 0, non_overlap_masks: bool = False,
-                 bounded_memory: bool = False) -> None:
+                 bounded_memory: bool = False, feature_store: Any = None) -> None:
         if not isinstance(model, SAM2Model):
             from ...errors import CheckpointError
 
@@ -97,6 +104,17 @@ class SAM2VideoPredictor:
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
         self.bounded_memory = bounded_memory
+        self.frame_features = FrameFeatures(model, feature_store)
+
+    @property
+    def feature_store(self):
+        """The :class:`~napari_sam.engine.store.embedding_store.EmbeddingStore` of per-frame features."""
+        return self.frame_features.store
+
+    @property
+    def encoded_frames(self) -> int:
+        """Image-encoder passes so far (frames not found in the feature store)."""
+        return self.frame_features.encoded
 
     @property
     def image_size(self) -> int:
@@ -112,6 +130,7 @@ class SAM2VideoPredictor:
         and have no effect: frames are always read lazily, one at a time.
         """
         frames = video_path if isinstance(video_path, FrameSource) else FrameSource(video_path, intensity_limits)
+        self.frame_features.bind()  # re-fingerprints the weights (fine-tuned since the last run: nothing stale reused)
         state = InferenceState(frames, self.model.device)
         self._features(state, 0)
         return state
@@ -147,9 +166,7 @@ class SAM2VideoPredictor:
 
     def _features(self, state: InferenceState, frame_idx: int) -> ImageFeatures:
         if state.cached_features is None or state.cached_features[0] != frame_idx:
-            m = self.model
-            x = state.frames.model_input(frame_idx, m.image_size, m.cfg.pixel_mean, m.cfg.pixel_std)
-            state.cached_features = (frame_idx, m.forward_image(x[None].to(state.device)))
+            state.cached_features = (frame_idx, self.frame_features.get(state.frames, frame_idx, state.device))
         return state.cached_features[1]
 
     # -- prompts ----------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ file and renames it into place), and readers trust only entries whose marker is
 present and whose checksum matches. A killed process therefore leaves only
 complete entries and an interrupted precompute resumes where it stopped.
 
+SAM 2.1 entries (an :class:`~napari_sam.engine.prediction.predictor.Embedding` with
+high-resolution levels) are kept in memory only: the disk format holds one feature array
+per entry, and a SAM 2.1 image needs three (the image embedding and two high-resolution
+levels) to give the same masks. :meth:`EmbeddingStore.open` with ``high_res_shapes``
+therefore binds no disk group and says so (a :class:`CacheWarning`, or a
+:class:`~napari_sam.errors.CacheError` with ``on_error="raise"``). The signature names the
+model family and architecture, so SAM 1 and SAM 2.1 entries never share a group.
+
 Problems are never silently used: a group whose attributes are unreadable or
 disagree with the expected signature, format or package version is reported
 with a :class:`CacheWarning` and rebuilt; an entry whose chunk cannot be
@@ -114,6 +122,7 @@ class EmbeddingStore:
         self._sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
         self._writable = False
         self.signature: dict | None = None
+        self._levels_refused = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -147,6 +156,7 @@ class EmbeddingStore:
         original_size: tuple[int, int],
         input_size: tuple[int, int],
         extra_attrs: dict | None = None,
+        high_res_shapes: tuple = (),
     ) -> None:
         """Bind to the group of ``signature`` (creating or validating it on disk); clears memory.
 
@@ -155,6 +165,8 @@ class EmbeddingStore:
             n_slices, n_tiles: number of 2D slices and of tiles per slice.
             feature_shape: (C, h, w) of one embedding.
             original_size, input_size: (H, W) of a tile crop and of its resized encoder input.
+            high_res_shapes: (C, h, w) of each further feature level (SAM 2.1); entries with
+                such levels are kept in memory only (see the module docstring).
         """
         self.clear_memory()
         self.signature = signature
@@ -162,6 +174,9 @@ class EmbeddingStore:
         self._group = None
         self._group_path = None
         if self.cache_dir is None:
+            return
+        if high_res_shapes:
+            self._refuse_levels()
             return
         self._writable = self._probe_writable()
         path = self.cache_dir / f"{signature_hash(signature)}.zarr"
@@ -188,6 +203,19 @@ class EmbeddingStore:
                 return
         self._group = group
         self._group_path = path
+
+    def _refuse_levels(self) -> None:
+        message = (
+            f"The embedding cache on disk ({self.cache_dir}) holds one feature array per image and keeps SAM 1 "
+            "embeddings only; SAM 2.1 features (the image embedding and two high-resolution levels) are not "
+            "written to disk yet"
+        )
+        if self.on_error == "raise":
+            raise CacheError(f"{message}. Use a SAM 1 model to precompute a disk cache, or run SAM 2.1 without one.")
+        if self._levels_refused:
+            return  # said once per store
+        self._levels_refused = True
+        warnings.warn(f"{message}; they are kept in memory only.", CacheWarning, stacklevel=4)
 
     def _probe_writable(self) -> bool:
         try:
@@ -264,13 +292,13 @@ class EmbeddingStore:
         self._memory_pixels[key] = pixels
         old = self._memory.pop(key, None)
         if old is not None:
-            self._memory_bytes -= old.features.numel() * old.features.element_size()
+            self._memory_bytes -= old.nbytes
         self._memory[key] = emb
-        self._memory_bytes += emb.features.numel() * emb.features.element_size()
+        self._memory_bytes += emb.nbytes
         while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
             gone, dropped = self._memory.popitem(last=False)
             self._memory_pixels.pop(gone, None)
-            self._memory_bytes -= dropped.features.numel() * dropped.features.element_size()
+            self._memory_bytes -= dropped.nbytes
 
     def in_memory(self, slice_flat: int, tile_flat: int, pixels: bytes | None = None) -> bool:
         """Whether the entry is in memory (and, given ``pixels``, was computed from pixels of that hash)."""
