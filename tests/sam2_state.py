@@ -28,3 +28,30 @@ def tiny_sam2_model(seed: int = 0):
     from napari_sam.model.sam2 import build_sam2
 
     return build_sam2("sam2.1_hiera_tiny", perturbed_sam2_state("sam2.1_hiera_tiny", seed=seed), image_size=256)
+
+
+def blob_image(shape: tuple[int, int], blobs, seed: int):
+    """An RGB uint8 image of ``shape`` with bright ellipses ``blobs`` ((row, col, a, b), ...) on noise."""
+    import numpy as np
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (*shape, 3), dtype=np.uint8)
+    for r, c, a, b in blobs:
+        rr, cc = ellipse(r, c, a, b, shape)
+        img[rr, cc] = rng.integers(150, 255, 3, dtype=np.uint8)
+    return img
+
+
+class EncoderCalls:
+    """Counts passes through a model's image encoder (a forward hook; ``close()`` removes it)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self._handle = model.image_encoder.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+    def close(self):
+        self._handle.remove()

@@ -13,6 +13,7 @@ from napari_sam.engine.prediction.segmenter import Segmenter
 from napari_sam.engine.sam2.image_predictor import SAM2ImagePredictor
 from napari_sam.engine.store.embedding_store import CacheWarning
 from napari_sam.errors import CacheError, InvalidPromptError
+from sam2_state import EncoderCalls
 
 
 @pytest.fixture(scope="module")
@@ -25,28 +26,9 @@ def sam2_model():
 @pytest.fixture(scope="module")
 def rgb():
     """A 180 x 240 RGB uint8 image with bright blobs on noise."""
-    from skimage.draw import ellipse
+    from sam2_state import blob_image
 
-    rng = np.random.default_rng(1)
-    img = rng.integers(0, 60, (180, 240, 3), dtype=np.uint8)
-    for r, c, a, b in ((50, 60, 25, 35), (120, 170, 30, 25), (140, 50, 20, 20)):
-        rr, cc = ellipse(r, c, a, b, img.shape[:2])
-        img[rr, cc] = rng.integers(150, 255, 3, dtype=np.uint8)
-    return img
-
-
-class EncoderCalls:
-    """Counts passes through a model's image encoder."""
-
-    def __init__(self, model):
-        self.n = 0
-        self._handle = model.image_encoder.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.n += 1
-
-    def close(self):
-        self._handle.remove()
+    return blob_image((180, 240), ((50, 60, 25, 35), (120, 170, 30, 25), (140, 50, 20, 20)), seed=1)
 
 
 def _direct(model, image, **prompts):

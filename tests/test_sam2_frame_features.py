@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from sam2_state import EncoderCalls
+
 SIZE = 64
 T, H, W = 5, 60, 80
 
@@ -26,17 +28,6 @@ def frames():
 
     return drifting_cells(T, H, W)
 
-
-class EncoderCalls:
-    def __init__(self, model):
-        self.n = 0
-        self._h = model.image_encoder.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.n += 1
-
-    def close(self):
-        self._h.remove()
 
 
 def _track(predictor, frames, seeds, correction=None):

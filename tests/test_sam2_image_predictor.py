@@ -19,14 +19,9 @@ def state():
 @pytest.fixture(scope="module")
 def image():
     """A 300 x 420 RGB uint8 image with a few bright blobs on noise."""
-    from skimage.draw import ellipse
+    from sam2_state import blob_image
 
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 60, (300, 420, 3), dtype=np.uint8)
-    for r, c, a, b in ((80, 100, 40, 60), (200, 300, 50, 35), (220, 90, 30, 30)):
-        rr, cc = ellipse(r, c, a, b, img.shape[:2])
-        img[rr, cc] = rng.integers(150, 255, 3, dtype=np.uint8)
-    return img
+    return blob_image((300, 420), ((80, 100, 40, 60), (200, 300, 50, 35), (220, 90, 30, 30)), seed=0)
 
 
 @pytest.fixture(scope="module")
