@@ -49,6 +49,19 @@ def test_predict_refuses_existing_output_and_bad_input(tmp_path, tiny_checkpoint
     assert not (tmp_path / "y.tif").exists()
 
 
+def test_predict_with_the_bundled_model_says_what_it_is(tmp_path, tiny_checkpoint, cells_image, capsys):
+    from napari_sam.engine.models.auto_defaults import TINY_NOTE
+
+    img, _ = cells_image
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, img)
+    assert main(["predict", str(src), "--out", str(tmp_path / "a.tif"), "--point", "50", "60"]) == 0
+    assert capsys.readouterr().err.count(TINY_NOTE) == 1  # no --model: the bundled tiny
+    assert main(["predict", str(src), "--out", str(tmp_path / "b.tif"), "--point", "50", "60",
+                 "--model", tiny_checkpoint]) == 0
+    assert TINY_NOTE not in capsys.readouterr().err
+
+
 def test_models_lists_zoo(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path))
     assert main(["models"]) == 0

@@ -102,7 +102,10 @@ def write_mask(out, mask) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..engine.images.io import open_image
+    from ..engine.models.model_profile import tiny_note
     from ..engine.models.zoo import check_model
     from ..engine.prediction.segmenter import Segmenter
     from ..errors import InvalidPromptError
@@ -123,4 +126,7 @@ def run(args: argparse.Namespace) -> int:
     )
     write_mask(out, mask)
     print(f"{out}: {int(mask.sum())} pixels")
+    note = tiny_note(args.model)  # after the checks and the write, as `segment` does: a refusal stays one line
+    if note:
+        print(f"napari-sam: {note}", file=sys.stderr)
     return 0
