@@ -32,7 +32,7 @@ def small_sam2(monkeypatch):
     from napari_sam.engine.models import zoo
     from napari_sam.model.sam2 import build_sam2
 
-    def build(state, model_type, source, device):
+    def build(state, model_type, source, device, image_size=None):
         return build_sam2(model_type or "sam2.1_hiera_tiny", state, image_size=SIZE)
 
     monkeypatch.setattr(zoo, "_build_sam2", build)
