@@ -80,12 +80,12 @@ def test_busy_segmenter_is_not_used_ahead(viewer_ctl, tiny_model):
 
 
 def test_a_failing_look_ahead_never_costs_the_click(viewer_ctl, tiny_model, monkeypatch):
-    import napari_sam.adapters.controller as controller
+    import napari_sam.adapters.prompt_input as prompt_input
 
     def broken(*args, **kwargs):
         raise RuntimeError("look-ahead broke")
 
-    monkeypatch.setattr(controller, "prompts_after_click", broken)
+    monkeypatch.setattr(prompt_input, "prompts_after_click", broken)
     ctl, img, truth = viewer_ctl
     rows, cols = np.nonzero(truth)
     a = (rows[7], cols[7])

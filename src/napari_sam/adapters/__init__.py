@@ -5,6 +5,8 @@
 - :mod:`.labels_io`: preview and target Labels layers, commits as diffs, undo/redo.
 - :mod:`.mask_prompt`: a committed mask as a low-res logit mask prompt.
 - :mod:`.controller`: :class:`SamController`, the click-to-segment state of one viewer.
+  Its parts: :mod:`.prompt_input` (prompt layers, clicks, boxes, click-ahead), :mod:`.preview`
+  (the preview and its candidates), :mod:`.channel_layers` (the layers the encoder sees).
 - :mod:`.registry`: :func:`get_controller` (one controller per viewer, weakly keyed).
 """
 

@@ -21,16 +21,19 @@ answer only if the prompts match exactly. A lock guards the Segmenter
 (:meth:`SamController.busy`); a prediction that finds it busy (an embedding running) is
 deferred until the embedding finishes instead of waiting.
 
-The embedding bookkeeping lives in :mod:`.embedding_jobs`, the commit undo/redo stacks in
-:mod:`.commit_history`, picking a committed label back up in :mod:`.label_edit`, the Labels
-layers napari-sam adds in :mod:`.own_layers`; the controller coordinates them.
+The prompt layers, clicks, boxes and the click-ahead decode live in :mod:`.prompt_input`, the
+preview and its candidates in :mod:`.preview`, the channel-layers list in :mod:`.channel_layers`
+(the three are parts of :class:`SamController`, whose state they share), the embedding bookkeeping
+in :mod:`.embedding_jobs`, the commit undo/redo stacks in :mod:`.commit_history`, picking a
+committed label back up in :mod:`.label_edit`, the Labels layers napari-sam adds in
+:mod:`.own_layers`; the controller holds the state, the model and image setup and the viewer's
+events, and coordinates them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Generator, Iterator
@@ -40,16 +43,19 @@ import numpy as np
 
 from ..engine.progress import Progress, run_blocking
 from ..errors import ImageNotSetError, InvalidPromptError, NapariSamError
-from . import labels_io, layer_data, own_layers, prompt_layers
-from .click_ahead import ClickAhead, prompts_after_click
+from . import layer_data, own_layers, prompt_layers
+from .channel_layers import ChannelLayers
+from .click_ahead import ClickAhead
 from .commit_history import CommitHistory
 from .embedding_jobs import EmbeddingJobs, EmbeddingResult
-from .label_edit import LabelEdit, pick_up, predict_prompts
+from .label_edit import LabelEdit, pick_up
+from .preview import PreviewHandling
+from .prompt_input import PromptInput
 
 __all__ = ["SamController", "EmbeddingResult"]
 
 
-class SamController:
+class SamController(PromptInput, PreviewHandling, ChannelLayers):
     """Click-to-segment session of one viewer. Get it with :func:`napari_sam.adapters.get_controller`.
 
     Events (``self.events``, napari ``EmitterGroup``): ``status`` (message, level), ``preview``,
@@ -119,20 +125,6 @@ class SamController:
     def click_ahead(self) -> ClickAhead:
         """The decode started at a mouse press (:mod:`.click_ahead`); its ``used`` / ``discarded`` counts."""
         return self._ahead
-
-    @property
-    def negative_mode(self) -> bool:
-        """When True, plain clicks are negative and Alt/Control-clicks positive."""
-        return bool(self._polarity and self._polarity.negative_mode)
-
-    @negative_mode.setter
-    def negative_mode(self, value: bool) -> None:
-        if self._polarity is None:
-            self._polarity = prompt_layers.PolarityClicks()
-        self._polarity.negative_mode = bool(value)
-        if self.points_layer is not None:
-            self.points_layer.feature_defaults[prompt_layers.POSITIVE] = not value
-            self.points_layer.feature_defaults = self.points_layer.feature_defaults
 
     @property
     def target_layer(self) -> Any:
@@ -215,45 +207,6 @@ class SamController:
         self._show(None, None)
         self._request_embedding_if_needed()
 
-    @property
-    def channel_layers(self) -> list:
-        """The image layers whose mean the encoder sees (default: the image layer alone)."""
-        return list(self._channel_layers) or ([self.image_layer] if self.image_layer is not None else [])
-
-    def set_channel_layers(self, layers: Any) -> None:
-        """Let the encoder see the mean of ``layers`` (grayscale image layers of the image layer's shape,
-        e.g. the channels napari opened as separate layers); empty or the image layer alone: that layer.
-
-        Prompts, the preview and the labels stay in the image layer's frame. Raises
-        :class:`~napari_sam.errors.InvalidImageError` for layers that cannot be combined.
-        """
-        if self.image_layer is None:
-            raise ImageNotSetError("Pick the image layer before its channels.")
-        chosen = tuple(layer_data.unwrap(layer) for layer in layers or ())
-        if chosen == (self.image_layer,):
-            chosen = ()
-        if chosen == self._channel_layers:
-            return
-        layer_data.channel_input([self.image_layer, *chosen])  # refuse layers that do not fit, before any change
-        self._watch_channels(chosen)
-        self._on_image_data()
-
-    def _watch_channels(self, layers: tuple) -> None:
-        for layer in self._channel_layers:
-            if layer is not self.image_layer:
-                layer.events.data.disconnect(self._on_image_data)
-        self._channel_layers = layers
-        for layer in layers:
-            if layer is not self.image_layer:
-                layer.events.data.connect(self._on_image_data)
-
-    def _set_segmenter_image(self, layer: Any) -> None:
-        """Give the segmenter ``layer``'s array (or the channel composite) with the axes the user sees
-        (call under the lock); the composite goes through the engine's own channel choice."""
-        array, axes, channel = layer_data.channel_input(self._channel_layers or [layer])
-        self.segmenter.set_image(array, rgb=layer_data.is_rgb(layer) if channel is None else False,
-                                 axes=axes, channel=channel)
-
     def _bind_image(self) -> None:
         layer = self.image_layer
         with self._lock:
@@ -307,60 +260,7 @@ class SamController:
         if self.needs_embedding():
             self.embedding_finished(run_blocking(self.embedding_job()))
 
-    # ---- prompt layers ---------------------------------------------------------------------------
-    def ensure_prompt_layers(self) -> None:
-        """Create (or re-create after deletion) the Points and Shapes prompt layers for the image."""
-        viewer = self.viewer
-        if self.image_layer is None:
-            raise ImageNotSetError("No image layer is selected for napari-sam.")
-        if self.boxes_layer is None or self.boxes_layer not in viewer.layers:
-            self.boxes_layer = viewer.add_layer(prompt_layers.make_boxes_layer(self.image_layer))
-            self.boxes_layer.events.data.connect(self._on_prompts_changed)
-            self._bind_keys(self.boxes_layer)
-        if self.points_layer is None or self.points_layer not in viewer.layers:
-            layer = prompt_layers.make_points_layer(self.image_layer)
-            if self._polarity is None:
-                self._polarity = prompt_layers.PolarityClicks()
-            layer.mouse_drag_callbacks.insert(0, self._polarity)
-            layer.mouse_drag_callbacks.insert(1, self._decode_ahead)
-            self.points_layer = viewer.add_layer(layer)
-            self.points_layer.events.data.connect(self._on_prompts_changed)
-            self._bind_keys(self.points_layer)
-            self.points_layer.mode = "add"
-        viewer.layers.selection.active = self.points_layer
-
-    def _decode_ahead(self, layer: Any, event: Any) -> None:
-        """Mouse press on the Points layer in add mode: start decoding the click it will become."""
-        if getattr(event, "type", None) != "mouse_press" or str(getattr(layer, "mode", "")) != "add":
-            return
-        if getattr(event, "button", 1) != 1 or self._muted or self.segmenter is None or self.image_layer is None:
-            return
-        try:
-            key = self.current_key()
-            seg = self.segmenter
-            if layer is not self.points_layer or not seg.has_embedding(key or None):
-                return
-            positive = bool(np.asarray(layer.feature_defaults[prompt_layers.POSITIVE])[0])
-            p = prompts_after_click(layer, self.boxes_layer, self.image_layer, key,
-                                    layer.world_to_data(event.position), positive)
-            if p is None:
-                return
-            edit = self._edit if self._edit is not None and self._edit.key == key else None
-        except Exception:  # noqa: BLE001 - the look-ahead must never cost the click, which reports errors itself
-            return
-
-        def decode():
-            pred = predict_prompts(seg, p, key, edit)
-            pred.masks[pred.best]  # upscale the candidate that will be shown, off the GUI thread too
-            return pred
-
-        self._ahead.start(decode, seg, p, key, edit)
-
-    def _bind_keys(self, layer: Any) -> None:
-        from .keys import bind_controller_keys
-
-        bind_controller_keys(layer, self)
-
+    # ---- own layers ------------------------------------------------------------------------------
     def _remove_own_layers(self) -> None:
         # one at a time: removing a layer runs viewer callbacks that may read the others
         for attr in ("points_layer", "boxes_layer", "preview_layer"):
@@ -369,28 +269,7 @@ class SamController:
             own_layers.remove_layers(self._viewer_ref(), [layer])
         self._preview_key = self._preview_box = None
 
-    def add_point(self, rowcol, positive: bool = True) -> None:
-        """Add a click at (row, col) of the displayed slice (image data frame); the preview updates."""
-        self.ensure_prompt_layers()
-        prompt_layers.add_point_on_slice(self.points_layer, self.image_layer, self.current_key(), rowcol, positive)
-        self.points_layer.feature_defaults[prompt_layers.POSITIVE] = not self.negative_mode
-
-    def add_box(self, box) -> None:
-        """Add a box prompt (row0, col0, row1, col1) on the displayed slice (image data frame)."""
-        self.ensure_prompt_layers()
-        prompt_layers.add_box_on_slice(self.boxes_layer, self.image_layer, self.current_key(), box)
-
-    def prompts(self) -> prompt_layers.SlicePrompts:
-        """The prompts of the displayed slice, in the image's data frame."""
-        return prompt_layers.read_prompts(self.points_layer, self.boxes_layer, self.image_layer, self.current_key())
-
     # ---- events ----------------------------------------------------------------------------------
-    def _on_prompts_changed(self, event=None) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if self._muted or action.lower().endswith("ing"):  # adding/removing/changing: wait for the end
-            return
-        self.update_preview()
-
     def _on_step(self, event=None) -> None:
         if self.image_layer is None:
             return
@@ -421,107 +300,6 @@ class SamController:
         elif layer is self.preview_layer:
             self.preview_layer = None
             self._preview_key = self._preview_box = None
-
-    # ---- preview ---------------------------------------------------------------------------------
-    def _show(self, key: tuple[int, ...] | None, mask: np.ndarray | None) -> None:
-        if mask is None and (self.preview_layer is None or self._preview_key is None):
-            return  # nothing is shown: nothing to clear
-        new_layer = self.preview_layer is None or self.preview_layer not in self.viewer.layers
-        if new_layer:
-            self.preview_layer = own_layers.add_preview_layer(
-                self.viewer, self.image_layer, self.points_layer, self._bind_keys
-            )
-            self._preview_key = self._preview_box = None
-        # _preview_key None: the preview was cleared by this controller (or is new): all zero
-        self._preview_box = labels_io.show_preview(
-            self.preview_layer, key or (), mask, clear_key=self._preview_key, clear_box=self._preview_box,
-            blank=self._preview_key is None and not new_layer,
-        )
-        self._preview_key = key if mask is not None else None
-        self.events.preview()
-
-    def current_mask(self) -> np.ndarray | None:
-        """The mask the preview shows: (H, W) bool, or None."""
-        if self.prediction is not None:
-            return self.prediction.masks[self.candidate % len(self.prediction.masks)]
-        if self._edit is not None:
-            return self._edit.mask
-        return None
-
-    def update_preview(self, raise_errors: bool = False) -> np.ndarray | None:
-        """Re-run the decoder for the displayed slice's prompts and show the best candidate.
-
-        Errors (a click outside the image, ...) become a status message and an empty
-        preview, unless ``raise_errors``. Returns the shown mask or None.
-        """
-        self.prediction = None
-        self.candidate = 0
-        if self.image_layer is None or self.segmenter is None:
-            self._show(None, None)
-            if self.image_layer is not None and self._has_prompts():
-                self._jobs.pending = True  # answered once the model is loaded and the image embedded
-                self._status("Loading the model; the preview follows when the image is embedded.")
-            return None
-        try:
-            if tuple(self.segmenter.spatial_shape) != tuple(layer_data.labels_shape(self.image_layer)[-2:]):
-                return None  # the image data changed and are being re-bound
-            key = self.current_key()
-            p = self.prompts()
-            edit = self._edit if self._edit is not None and self._edit.key == key else None
-            if p.empty:
-                self._jobs.pending = False
-                self._show(key, edit.mask if edit else None)
-                return self.current_mask()
-            t0 = time.perf_counter()
-            pred = self._ahead.take(self.segmenter, p, key, edit)
-            if pred is None:
-                if not self.segmenter.has_embedding(key or None) or not self._lock.acquire(blocking=False):
-                    self._jobs.pending = True
-                    self._status("Embedding the image; the preview follows when it is done.")
-                    self._request_embedding_if_needed()
-                    return None
-                try:
-                    pred = predict_prompts(self.segmenter, p, key, edit)
-                finally:
-                    self._lock.release()
-            self._jobs.pending = False
-            self.last_predict_seconds = time.perf_counter() - t0
-        except NapariSamError as e:
-            self._show(None, None)
-            if raise_errors:
-                raise
-            self._status(str(e), "warning")
-            return None
-        self.prediction = pred
-        self.candidate = pred.best
-        self._pred_key = key
-        self._show(key, self.current_mask())
-        return self.current_mask()
-
-    def _has_prompts(self) -> bool:
-        try:
-            return not self.prompts().empty
-        except NapariSamError:
-            return False
-
-    def next_candidate(self) -> int:
-        """Show the next of the candidate masks (ambiguous single prompts give three); returns its index."""
-        if self.prediction is None:
-            raise InvalidPromptError("No prediction to cycle through: click on an object first.")
-        self.candidate = (self.candidate + 1) % len(self.prediction.masks)
-        self._show(self._pred_key, self.current_mask())
-        score = float(self.prediction.scores[self.candidate])
-        self._status(f"candidate {self.candidate + 1}/{len(self.prediction.masks)} (score {score:.2f})")
-        return self.candidate
-
-    def segment(self) -> np.ndarray:
-        """Console: embed the displayed slice if needed (blocking), predict, show; returns the (H, W) bool mask."""
-        self._require_segmenter()
-        self.embed_now()
-        mask = self.update_preview(raise_errors=True)
-        if mask is None:
-            raise InvalidPromptError("No prompts on the displayed slice: add a point or a box first.")
-        return mask
 
     # ---- commit / undo ---------------------------------------------------------------------------
     def _ensure_target(self) -> Any:
