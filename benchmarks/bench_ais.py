@@ -23,6 +23,20 @@ Peak memory of vit_b at 1024 x 1024 is about 4 GB. Numbers vary with load: recor
 load average with them (printed).
 
 Usage: python benchmarks/bench_ais.py [--model vit_b] [--size 1024] [--threads 2] [--repeats 1]
+
+``--slices-per-minute`` measures instead what a user of the bundled ``tiny`` gets: slices per
+minute of the automatic path as ``napari-sam segment`` runs it (``label_slice_steps``: model
+input, decoder or grid, post-processing; the settings resolved as for ``--method ais`` and
+``--method amg`` with no other option, i.e. tiny's own thresholds from the zoo), on seeded
+synthetic widefield nuclei slices (``NucleiPairs``) of each ``--sizes``, untiled and, for
+slices larger than the model input, in tiles of the model input with the default halo. The
+bundled weights are used, or ``--checkpoint`` (e.g. a training checkpoint with its decoder);
+a checkpoint without a decoder gets a random one of tiny's decoder shape (the decoder's time
+does not depend on its weights; its maps and so the watershed's time do, which the output
+says). Target (issue 15): AIS at least 20x the slices per minute of AMG.
+
+    python benchmarks/bench_ais.py --model tiny --slices-per-minute --threads 1 \
+        --checkpoint build/train_tiny_ais/tiny_train.pt
 """
 
 from __future__ import annotations
@@ -94,8 +108,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--slices-per-minute", action="store_true", help="tiny's AIS and AMG throughput (see above)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="slice sizes for --slices-per-minute")
+    ap.add_argument("--checkpoint", default=None, help="tiny weights for --slices-per-minute (default: bundled)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.slices_per_minute:
+        slices_per_minute(args)
+        return
 
     from napari_sam.engine.automatic.instance_decoder import decoder_maps
     from napari_sam.engine.automatic.instance_maps import labels_from_maps
@@ -133,6 +153,48 @@ def main() -> None:
     for name, t in rows:
         print(f"  {name:64s} {t:8.3f} s")
     print(f"  {'decoder fp32 + post-processing':64s} {t_dec + t_post:8.3f} s")
+
+
+def slices_per_minute(args) -> None:
+    """Slices per minute of tiny's AIS and AMG on synthetic nuclei slices (see the module docstring)."""
+    from pathlib import Path as _Path
+
+    from napari_sam.engine.automatic.settings import AutoSettings
+    from napari_sam.engine.automatic.slice_segmenter import label_slice_steps
+    from napari_sam.engine.models.zoo import load_model
+    from napari_sam.engine.progress import run_blocking
+    from napari_sam.model.instance_decoder import InstanceDecoder, tiny_decoder_config
+    from napari_sam.training.synthetic_nuclei import NucleiPairs
+
+    if args.model != "tiny":
+        raise SystemExit("--slices-per-minute measures the bundled 'tiny' (use --model tiny).")
+    source = _Path(args.checkpoint) if args.checkpoint else "tiny"
+    model = load_model(source, device="cpu", model_type="tiny", progressbar=False)
+    decoder_note = "trained decoder"
+    if model.instance_decoder is None:
+        torch.manual_seed(0)
+        model.instance_decoder = InstanceDecoder(tiny_decoder_config(model.prompt_encoder.embed_dim)).eval()
+        decoder_note = "random decoder of tiny's shape (decoder time is representative, watershed time is not)"
+    print(f"tiny ({args.checkpoint or 'bundled weights'}; {decoder_note}), {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'slice':>11s} {'tiling':>14s} {'AIS s':>8s} {'AMG s':>8s} {'AIS /min':>9s} {'AMG /min':>9s} "
+          f"{'ratio':>6s} {'objects AIS/AMG/true':>21s}")
+    for size in args.sizes:
+        image, truth = NucleiPairs(1, seed=777, shape=(size, size))[0]
+        tilings = [None] + ([model.img_size] if size > model.img_size else [])
+        for tile in tilings:
+            times, found = {}, {}
+            for method in ("ais", "amg"):
+                settings = AutoSettings(method=method, tile_shape=tile)
+                run = lambda: run_blocking(label_slice_steps(model, image, settings, model_name="tiny"))  # noqa: E731
+                run_blocking(label_slice_steps(model, image[:64, :64], AutoSettings(method=method),
+                                               model_name="tiny"))  # warm-up
+                times[method], labels = _best(run, args.repeats)
+                found[method] = int(labels.max())
+            a, g = times["ais"], times["amg"]
+            where = "untiled" if tile is None else f"tiles of {tile}"
+            print(f"{size:5d}x{size:<5d} {where:>14s} {a:8.2f} {g:8.2f} {60 / a:9.1f} {60 / g:9.2f} {g / a:6.1f} "
+                  f"{found['ais']:>7d}/{found['amg']}/{int(truth.max())}")
 
 
 if __name__ == "__main__":

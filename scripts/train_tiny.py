@@ -48,7 +48,6 @@ DEFAULTS = dict(
 # prompts and, with a new instance decoder, automatic instance segmentation, on widefield-like nuclei
 # (with a share of cells images so prompts keep working on larger, irregular objects).
 STAGE2 = dict(learning_rate=3e-4, instance_lr=1e-3, warmup_steps=100, instance_weight=1.0)
-DECODER = dict(initial_features=32, depth=3)  # 8 px patches: 32 x 32 embedding -> 256 px maps
 CELLS_FRACTION = 0.25
 
 
@@ -89,12 +88,11 @@ def main(argv=None) -> int:
     cfg = TrainConfig(epochs=1, max_steps=args.steps, seed=args.seed, **recipe)
     model = build_sam("tiny", checkpoint=args.init)  # random init (seeded above) unless --init
     if args.decoder:
-        from napari_sam.model.instance_decoder import InstanceDecoder, InstanceDecoderConfig
+        from napari_sam.model.instance_decoder import InstanceDecoder, tiny_decoder_config
         from napari_sam.training.synthetic_nuclei import NucleiPairs
 
         torch.manual_seed(args.seed + 1)
-        model.instance_decoder = InstanceDecoder(
-            InstanceDecoderConfig(embed_dim=model.prompt_encoder.embed_dim, **DECODER))
+        model.instance_decoder = InstanceDecoder(tiny_decoder_config(model.prompt_encoder.embed_dim))
         data = NucleiPairs(cfg.images_per_step * args.steps, seed=args.seed, shape=(256, 256),
                            cells_fraction=CELLS_FRACTION)
     else:

@@ -299,3 +299,40 @@ def test_ais_stack_on_dask_equals_the_local_run(tmp_path, ais_checkpoint, perfec
     assert remote.n_objects == local.n_objects == 2
     job = zarr.open_group(str(remote.path), mode="r").attrs["napari_sam_job"]["job"]["segmenter"]
     assert job["method"] == "ais"
+
+
+# ---- reuse of a Segmenter's embedding ---------------------------------------------------------
+def test_a_segmenters_slice_reuses_its_embedding_with_the_same_labels(ais_model, cells_image):
+    """The decoder on a slice the Segmenter has embedded (a click, a precompute) runs no encoder
+    pass, keeps what it computes for the clicks after it, and gives label_slice_steps' labels."""
+    from napari_sam.engine.automatic.slice_segmenter import label_segmenter_slice_steps, label_slice_steps
+    from napari_sam.engine.prediction.segmenter import Segmenter
+    from napari_sam.engine.progress import run_blocking
+    from sam2_state import EncoderCalls
+
+    image, _ = cells_image
+    stack = np.stack([image, image[::-1], image[:, ::-1]])  # uint16 (3, 200, 240)
+    loose = AutoSettings(method="ais", foreground_threshold=0.3, center_distance_threshold=0.9,
+                         boundary_distance_threshold=0.9)
+    seg = Segmenter(model=ais_model)
+    seg.set_image(stack, axes="zyx")
+    calls = EncoderCalls(ais_model)
+    try:
+        first = run_blocking(label_segmenter_slice_steps(seg, 1, loose))
+        assert calls.n == 1 and seg.has_embedding(1)  # computed once and kept for clicks
+        again = run_blocking(label_segmenter_slice_steps(seg, 1, loose))
+        assert calls.n == 1  # reused
+        seg.ensure_embedding(2)  # as a click on slice 2 does
+        other = run_blocking(label_segmenter_slice_steps(seg, 2, loose))
+        assert calls.n == 2
+        fresh = [run_blocking(label_slice_steps(ais_model, stack[z], loose, intensity_limits=seg.intensity_limits()))
+                 for z in (1, 2)]
+        assert calls.n == 4  # the plain path encodes each time
+        grid = run_blocking(label_segmenter_slice_steps(seg, 1, AutoSettings(method="amg", points_per_side=4)))
+        assert calls.n == 5 and grid.shape == image.shape  # grid prompts run their own encoder pass
+    finally:
+        calls.close()
+    assert first.max() > 0
+    np.testing.assert_array_equal(first, fresh[0])
+    np.testing.assert_array_equal(again, fresh[0])
+    np.testing.assert_array_equal(other, fresh[1])

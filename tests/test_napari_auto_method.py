@@ -79,12 +79,19 @@ def test_propagation_widget_auto_method_uses_the_decoder(make_napari_viewer, mon
         raise AssertionError("grid prompts were used")
 
     monkeypatch.setattr(amg.SamAutomaticMaskGenerator, "label_slice_iter", no_grid)
-    w = PropagationWidget(viewer, model=_with_decoder(tiny_model))
+    from sam2_state import EncoderCalls
+
+    model = _with_decoder(tiny_model)
+    encoder = EncoderCalls(model)
+    w = PropagationWidget(viewer, model=model)
     viewer.window.add_dock_widget(w)
     assert w._method.value == "auto"
     w.segment_slice_automatically()
     assert calls == ["ais"] and "error" not in w._status.value, w._status.value
     assert labels.data[[0, 2]].max() == 0  # only the displayed slice is written
+    w.segment_slice_automatically()  # again (e.g. after clearing some objects): the slice's embedding is reused
+    assert calls == ["ais", "ais"] and encoder.n == 1, (calls, encoder.n)
+    encoder.close()
 
     w2 = PropagationWidget(viewer, model=tiny_model)  # no decoder: 'ais' is refused with the models that have one
     w2._method.value = "ais"

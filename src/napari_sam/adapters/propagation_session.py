@@ -174,12 +174,11 @@ class PropagationSession:
             if self.segment_slice is not None:
                 return np.asarray(self.segment_slice(np.asarray(layer_data.layer_array(image)[z])))
                 yield  # pragma: no cover  (a generator)
-            from ..engine.automatic.slice_segmenter import label_slice_steps  # heavy imports: never at import
+            from ..engine.automatic.slice_segmenter import label_segmenter_slice_steps  # heavy: never at import
 
             seg, busy = self.segmenter(image, name)
             with busy() if busy is not None else seg.lock:  # the main widget's model: never beside its clicks
-                gen = label_slice_steps(seg.model, seg.read_slice(z), settings, model_name=name, options=seg.options,
-                                        intensity_limits=seg.intensity_limits())
+                gen = label_segmenter_slice_steps(seg, z, settings, model_name=name)  # its embedding, when it has one
                 return (yield from self._cancellable(gen, lambda: None))
 
         return run

@@ -272,6 +272,12 @@ def to_image_frame(
     return F.interpolate(maps, tuple(original_size), mode="bilinear", align_corners=False)
 
 
+def tiny_decoder_config(embed_dim: int) -> InstanceDecoderConfig:
+    """The decoder shape trained with the bundled ``tiny`` model (``scripts/train_tiny.py --decoder``):
+    32 initial features and 3 stages (8 px patches: a 32 x 32 embedding -> 256 px maps)."""
+    return InstanceDecoderConfig(embed_dim=embed_dim, initial_features=32, depth=3)
+
+
 def config_from_state(state: Mapping[str, torch.Tensor], source: str = "decoder checkpoint") -> InstanceDecoderConfig:
     """Read the decoder configuration from a state dict's keys and shapes."""
     try:
@@ -366,6 +372,7 @@ __all__ = [
     "build_instance_decoder",
     "config_from_state",
     "embedded_decoder_state",
+    "tiny_decoder_config",
     "read_instance_decoder",
     "to_image_frame",
     "unwrap_decoder_state",

@@ -8,7 +8,8 @@ checkpoint path, device/precision and :class:`~napari_sam.engine.automatic.setti
 which is small, hashable and picklable, so Dask workers can rebuild it and load the model once per
 worker process (:func:`build_cached`).
 
-:func:`label_slice_steps` is the one place a settings object's method is turned into a run:
+:func:`label_slice_steps` is the one place a settings object's method is turned into a run
+(:func:`label_segmenter_slice_steps` for a slice of a Segmenter's image, reusing its embedding):
 the model's instance decoder (``"ais"``) or grid prompts (``"amg"``), tiled or not.
 """
 
@@ -103,16 +104,28 @@ class SliceRun:
             require_decoder(model)
             self._maps = settings.instance_map_settings()
 
-    def steps(self, image: np.ndarray, intensity_limits: tuple[float, float] | None = None):
-        """A progress generator returning the (H, W) int32 labels of one 2D slice."""
+    @property
+    def reads_whole_embedding(self) -> bool:
+        """Whether a run reads one embedding of the whole slice (the decoder, untiled), so a
+        precomputed one can be passed to :meth:`steps`."""
+        return self.settings.method == "ais" and self.settings.tile_shape is None
+
+    def steps(self, image: np.ndarray, intensity_limits: tuple[float, float] | None = None, embedding=None):
+        """A progress generator returning the (H, W) int32 labels of one 2D slice.
+
+        ``embedding``: the slice's precomputed embedding (same model, options and intensity
+        limits), used instead of an encoder pass; only when :attr:`reads_whole_embedding`.
+        """
+        if embedding is not None and not self.reads_whole_embedding:
+            raise ValueError("A precomputed embedding is read by the untiled instance decoder only.")
         if self.settings.method == "amg":
             return (yield from self._amg.label_slice_iter(image, intensity_limits))
         from .instance_decoder import segment_with_decoder_steps
 
         s = self.settings
         return (yield from segment_with_decoder_steps(
-            self.model, image, settings=self._maps, intensity_limits=intensity_limits,
-            tile_shape=s.tile_shape, halo=s.halo, options=self.options))
+            self.model, None if embedding is not None else image, embedding=embedding, settings=self._maps,
+            intensity_limits=intensity_limits, tile_shape=s.tile_shape, halo=s.halo, options=self.options))
 
 
 def label_slice_steps(model, image: np.ndarray, settings: AutoSettings, *, model_name: str | None = None,
@@ -127,6 +140,26 @@ def label_slice_steps(model, image: np.ndarray, settings: AutoSettings, *, model
 
     run = SliceRun(model, model_profile(model, model_name).resolve(settings), options)
     return (yield from run.steps(image, intensity_limits))
+
+
+def label_segmenter_slice_steps(segmenter, slice_index, settings: AutoSettings, *, model_name: str | None = None):
+    """Automatic labels of one slice of a :class:`~napari_sam.engine.prediction.segmenter.Segmenter`'s
+    image (its model, options and intensity limits); a progress generator.
+
+    Same labels as :func:`label_slice_steps` on the slice. When the run reads one embedding of
+    the whole slice (the instance decoder, untiled) and the segmenter holds the slice in one
+    tile, the segmenter's embedding is used: taken from its caches when the slice was clicked
+    on or precomputed, else computed and kept there, so clicks after it need no encoder pass.
+    Hold the segmenter's lock (or its owner's) around the run.
+    """
+    from ..models.model_profile import model_profile
+
+    run = SliceRun(segmenter.model, model_profile(segmenter.model, model_name).resolve(settings), segmenter.options)
+    image = segmenter.read_slice(slice_index)
+    embedding = None
+    if run.reads_whole_embedding and len(segmenter.tile_grid) == 1:
+        embedding = yield from segmenter.embed(slice_index)
+    return (yield from run.steps(image, segmenter.intensity_limits(), embedding=embedding))
 
 
 def build_cached(spec: SliceSegmenterSpec) -> SegmentSliceFn:
