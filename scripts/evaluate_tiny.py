@@ -8,7 +8,8 @@ The held-out set is :class:`napari_sam.training.synthetic_nuclei.NucleiPairs` wi
 clusters. Reported, with the targets of issue 15:
 
 - automatic F1 at IoU 0.5 (pooled over the images) of the instance decoder ("AIS",
-  target >= 0.90) when the checkpoint carries one, of automatic mask generation
+  target >= 0.90, at tiny's thresholds from the zoo, chosen by ``scripts/tune_tiny_ais.py``
+  on another seed) when the checkpoint carries one, of automatic mask generation
   ("AMG", grid prompts, at tiny's own thresholds from the zoo, or ``--amg-iou`` / ``--amg-stability``)
   and of the classical pipeline (Gaussian, Otsu, distance-transform watershed);
 - mean IoU of one positive click at each nucleus's centre (target >= 0.85; the
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from napari_sam.engine.automatic.settings import AutoSettings
-    from napari_sam.engine.models.zoo import load_model
+    from napari_sam.engine.models.zoo import get_entry, load_model
     from napari_sam.training.evaluate import evaluate_prompts
     from napari_sam.training.evaluate_automatic import classical_labels, evaluate_automatic
     from napari_sam.training.synthetic import SyntheticPairs
@@ -64,12 +65,13 @@ def main(argv=None) -> int:
     if model.instance_decoder is not None:
         from napari_sam.engine.automatic.instance_decoder import segment_with_decoder
 
-        auto["ais"] = evaluate_automatic(lambda im: segment_with_decoder(model, im), held_out).summary()
+        ais_settings = AutoSettings(method="ais").resolved(
+            has_decoder=True, model_defaults=dict(get_entry("tiny").automatic), model_name="tiny")
+        auto["ais"] = evaluate_automatic(
+            lambda im: segment_with_decoder(model, im, settings=ais_settings.instance_map_settings()), held_out).summary()
     if not args.no_amg:
         from napari_sam.engine.automatic.amg import SamAutomaticMaskGenerator
         from napari_sam.engine.progress import run_blocking
-
-        from napari_sam.engine.models.zoo import get_entry
 
         amg_settings = AutoSettings(method="amg", pred_iou_thresh=args.amg_iou,
                                     stability_score_thresh=args.amg_stability).resolved(

@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much time")
+    ap.add_argument("--stop-after-step", type=int, default=None,
+                    help="stop (and save) after this step, on the full run's schedule (--steps)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--fp32", action="store_true", help="train without bfloat16 autocast")
     ap.add_argument("--init", default=None, help="start from these weights instead of a random init (stage 2)")
@@ -110,6 +112,9 @@ def main(argv=None) -> int:
         log.flush()
         if args.minutes is not None and time.monotonic() - t0 > 60 * args.minutes:
             print("time limit reached: saving and stopping", flush=True)
+            return False
+        if args.stop_after_step is not None and p.done >= args.stop_after_step:
+            print(f"step {p.done} reached: saving and stopping", flush=True)
             return False
         return True
 
