@@ -3,7 +3,8 @@
 Every slice is segmented (the model's instance decoder when it has one, else SAM
 automatic mask generation; ``--method``), written as soon as it is done, and the 2D instances are linked across z into 3D labels. An
 interrupted run resumes when started again with the same arguments, and a finished output
-of the same job is kept and reported (see :mod:`napari_sam.engine.batch.run`). A 2D image is treated as a stack of one slice.
+of the same job is kept and reported (see :mod:`napari_sam.engine.batch.run`). A 2D image is
+treated as a stack of one slice.
 """
 
 from __future__ import annotations
