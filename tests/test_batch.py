@@ -162,6 +162,21 @@ def test_existing_output_refused_unless_overwrite(tmp_path):
         segment_stack_blocking(img + 1, tmp_path / "p.zarr", segment_slice=otsu_labels, axes="zyx")
 
 
+@pytest.mark.parametrize("name", ["o.zarr", "o.tif"])
+def test_keep_finished_keeps_a_finished_output_of_the_same_job(tmp_path, name):
+    img, truth = _blob_stack(3)
+    out = tmp_path / name
+    first = segment_stack_blocking(img, out, segment_slice=otsu_labels, axes="zyx")
+    assert not first.kept
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in [out, *out.rglob("*")] if p.is_file()}
+    r = segment_stack_blocking(img, out, segment_slice=otsu_labels, axes="zyx", keep_finished=True)
+    assert r.kept and (r.n_objects, r.n_slices, r.resumed_slices) == (first.n_objects, 3, 3)
+    assert files == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}  # not rewritten
+    assert _same_partition(np.asarray(open_labels(out)[:]), truth[:3])
+    with pytest.raises(OutputExistsError, match="different job"):  # another input on it: still refused
+        segment_stack_blocking(img + 1, out, segment_slice=otsu_labels, axes="zyx", keep_finished=True)
+
+
 class _Counting:
     """A stand-in slice segmenter that counts its calls."""
 

@@ -122,6 +122,62 @@ def test_tiff_written_but_group_not_removed_is_finished_again(tmp_path, otsu_mod
     assert not (tmp_path / "out.tif.partial.zarr").exists()
 
 
+def test_finished_tiff_output_is_kept_by_the_same_command(tmp_path, otsu_model, capsys):
+    _write_stack(tmp_path / "in.tif", 3)
+    out = tmp_path / "out.tif"
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 40, 48) and labels.dtype == np.int32 and labels.max() == 2
+    before, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun (e.g. a cluster job list run again) keeps the finished TIFF
+    assert "2 objects in 3 slices" in (said := capsys.readouterr().out) and "finished by an earlier run, kept" in said
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]  # no partial group, no temp file
+    assert main(args + ["--link-iou", "0.5"]) == 2  # another job: refused, untouched
+    assert "different job" in (err := capsys.readouterr().err) and "--overwrite" in err
+    assert out.read_bytes() == before
+    assert main(args + ["--link-iou", "0.5", "--overwrite"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), labels)  # same labels, now another job's record
+
+
+def _not_ours(path: Path, labels: np.ndarray, case: str) -> None:
+    """Write at ``path`` a TIFF that is not a finished napari-sam output of the job."""
+    good = path.read_bytes()
+    if case == "no record":  # a user's own file, or one written before outputs carried their job
+        tifffile.imwrite(path, labels, photometric="minisblack", compression="zlib")
+    elif case == "unparsable record":
+        tifffile.imwrite(path, labels, photometric="minisblack", description='{"napari_sam_job": {"job": [',
+                         metadata=None)
+    elif case == "truncated":
+        path.write_bytes(good[: len(good) - 40])
+    elif case == "not a tiff":
+        path.write_bytes(b"II*\x00" + b"\xff" * 64)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no record", "carries no job record"),
+    ("unparsable record", "its job record cannot be read"),
+    ("truncated", "runs past the end of the file"),
+    ("not a tiff", "cannot be read as a TIFF"),
+])
+def test_tiff_output_without_a_readable_record_is_refused_not_overwritten(tmp_path, otsu_model, capsys, case,
+                                                                           message):
+    _write_stack(tmp_path / "in.tif", 3)
+    out = tmp_path / "out.tif"
+    args = ["segment", str(tmp_path / "in.tif"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    _not_ours(out, tifffile.imread(out), case)
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--overwrite" in err, err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+    assert main(args + ["--overwrite"]) == 0 and tifffile.imread(out).shape == (3, 40, 48)
+
+
 def test_disk_full_while_creating_the_output_leaves_nothing(tmp_path, otsu_model, capsys, monkeypatch):
     _write_stack(tmp_path / "in.tif", 2)
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]

@@ -39,16 +39,19 @@ def test_zarr_in_zarr_out_2d_and_tile(tmp_path, otsu_model):
     assert otsu_model[0].settings.tile_shape == (64, 64) and otsu_model[0].settings.halo == (8, 8)
 
 
-def test_existing_output_refused_and_overwrite(tmp_path, otsu_model, capsys):
+def test_finished_output_kept_other_job_refused_and_overwrite(tmp_path, otsu_model, capsys):
     img, _ = _stack(2)
     tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack", metadata={"axes": "ZYX"})
     args = ["segment", str(tmp_path / "in.tif"), "--out", str(tmp_path / "o.zarr"), "--quiet"]
     assert main(args) == 0
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(args) == 0  # the same command again: the finished output is kept and reported
+    assert "2 objects in 2 slices" in (out := capsys.readouterr().out) and "finished by an earlier run, kept" in out
+    assert main(args + ["--link-iou", "0.5"]) == 2  # another job on it: refused
     err = capsys.readouterr().err
-    assert "exists" in err and "--overwrite" in err
+    assert "exists" in err and "different job" in err and "--overwrite" in err
     assert main(args + ["--overwrite"]) == 0
+    assert "earlier run" not in capsys.readouterr().out
 
 
 def test_interrupted_zarr_output_resumes(tmp_path, otsu_model, capsys, monkeypatch):

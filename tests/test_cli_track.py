@@ -63,10 +63,19 @@ def test_track_a_time_lapse_from_the_command_line(tmp_path, sam2_file, small_sam
     assert "2 objects tracked through 6 frames" in capsys.readouterr().out
     assert before == {p: _digest(tmp_path / p) for p in ("movie.tif", "seeds.tif")}  # inputs untouched
     assert not (tmp_path / "tracks.tif.partial.zarr").exists()
-    # finished: a second run is refused, --overwrite replaces
+    # finished: the same command again keeps the TIFF as it is (its job record says it is this job's)
     args = ["track", str(tmp_path / "movie.tif"), "--seeds", str(tmp_path / "seeds.tif"), "--seed-frame", "2",
             "--out", str(tmp_path / "tracks.tif"), "--model", str(sam2_file), "--quiet"]
-    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    kept = (tmp_path / "tracks.tif").read_bytes(), (tmp_path / "tracks.tif").stat().st_mtime_ns
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "2 objects tracked through 6 frames" in said and "finished by an earlier run, kept" in said
+    assert kept == ((tmp_path / "tracks.tif").read_bytes(), (tmp_path / "tracks.tif").stat().st_mtime_ns)
+    # another job (other seed frame) on it is refused and leaves it untouched; --overwrite replaces
+    other = [a if a != "2" else "3" for a in args]
+    assert main(other) == 2 and "different job" in (err := capsys.readouterr().err) and "--overwrite" in err
+    assert kept[0] == (tmp_path / "tracks.tif").read_bytes()
+    assert main(other + ["--overwrite"]) == 0 and "earlier run" not in capsys.readouterr().out
 
 
 def test_interrupted_run_resumes_from_the_frames_done(tmp_path, sam2_file, small_sam2, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -97,6 +99,38 @@ def test_a_failed_sequence_is_named_and_the_others_kept_then_resumed(tmp_path, s
     assert np.array_equal(out[:3], kept) and all((out[t] > 0).any() for t in range(5))
 
 
+def test_finished_tiff_outputs_are_kept_when_the_failed_sequences_are_rerun(tmp_path, sam2_file, small_sam2,
+                                                                            monkeypatch):
+    from napari_sam.engine.batch import stack_store
+    from napari_sam.errors import BatchWriteError, OutputExistsError
+
+    jobs = [TrackJob(j.input, j.seeds, j.output.replace(".zarr", ".tif")) for j in _movies(tmp_path, n=3)]
+    real = stack_store.write_slice
+
+    def failing(group_path, z, plane, pixels=None):
+        if "pos1" in str(group_path) and z == 3:
+            raise BatchWriteError("disk full")
+        return real(group_path, z, plane, pixels)
+
+    monkeypatch.setattr(stack_store, "write_slice", failing)
+    with pytest.raises(SequencesFailedError):
+        track_sequences_blocking(jobs, model=str(sam2_file))
+    monkeypatch.setattr(stack_store, "write_slice", real)
+    finished = {k: (Path(jobs[k].output).read_bytes(), Path(jobs[k].output).stat().st_mtime_ns) for k in (0, 2)}
+    results = track_sequences_blocking(jobs, model=str(sam2_file))
+    assert [r.kept for r in results] == [True, False, True] and [r.resumed_frames for r in results] == [5, 3, 5]
+    assert finished == {k: (Path(jobs[k].output).read_bytes(), Path(jobs[k].output).stat().st_mtime_ns)
+                        for k in (0, 2)}  # not rewritten
+    assert tifffile.imread(jobs[1].output).shape == (5, *tifffile.imread(jobs[0].output).shape[1:])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pos0.tif", "pos1.tif", "pos2.tif"]
+    # a TIFF without a record (here: rewritten by another program) refuses the whole run, touching nothing
+    tifffile.imwrite(jobs[2].output, tifffile.imread(jobs[2].output))
+    before = {p: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(OutputExistsError, match="carries no job record.*--overwrite"):
+        track_sequences_blocking(jobs, model=str(sam2_file))
+    assert before == {p: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+
 @pytest.mark.parametrize("case, error, message", [
     ("bad third seeds", InvalidPromptError, "pos2.tif: "),
     ("missing third seeds", InvalidPromptError, "do not exist"),
@@ -148,6 +182,24 @@ def test_cli_tracks_several_inputs_with_seed_and_output_folders(tmp_path, sam2_f
     capsys.readouterr()
     assert _cli("--manifest", manifest, "--model", sam2_file) == 0
     assert capsys.readouterr().out.count("finished by an earlier run, kept") == 2
+
+
+def test_cli_rerun_keeps_finished_tiff_outputs(tmp_path, sam2_file, small_sam2, capsys):
+    jobs = _movies(tmp_path)
+    folders = ("--seeds-dir", tmp_path / "seeds", "--out-dir", tmp_path / "out", "--out-format", "tif")
+    assert _cli(jobs[0].input, jobs[1].input, *folders, "--model", sam2_file) == 0
+    outs = [tmp_path / "out" / f"pos{k}.tif" for k in range(2)]
+    first = [(p.read_bytes(), p.stat().st_mtime_ns) for p in outs]
+    capsys.readouterr()
+    assert _cli(jobs[0].input, jobs[1].input, *folders, "--model", sam2_file) == 0  # rerun: kept, not redone
+    assert capsys.readouterr().out.count("finished by an earlier run, kept") == 2
+    manifest = tmp_path / "jobs.csv"  # the same jobs named by a manifest
+    manifest.write_text("input,seeds,out\n" + "".join(
+        f"{j.input},seeds/pos{k}.tif,out/pos{k}.tif\n" for k, j in enumerate(jobs)))
+    assert _cli("--manifest", manifest, "--model", sam2_file) == 0
+    assert capsys.readouterr().out.count("finished by an earlier run, kept") == 2
+    assert first == [(p.read_bytes(), p.stat().st_mtime_ns) for p in outs]
+    assert [tifffile.imread(p).shape for p in outs] == [(5, *tifffile.imread(outs[0]).shape[1:])] * 2
 
 
 def test_cli_several_inputs_on_dask(tmp_path, sam2_file, small_sam2, capsys, monkeypatch):

@@ -2,8 +2,9 @@
 
 Every slice is segmented (the model's instance decoder when it has one, else SAM
 automatic mask generation; ``--method``), written as soon as it is done, and the 2D instances are linked across z into 3D labels. An
-interrupted run resumes when started again with the same arguments (see
-:mod:`napari_sam.engine.batch.run`). A 2D image is treated as a stack of one slice.
+interrupted run resumes when started again with the same arguments, and a finished output
+of the same job is kept and reported (see :mod:`napari_sam.engine.batch.run`). A 2D image is
+treated as a stack of one slice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description=(
             "Automatic instance segmentation of every slice of a (Z, H, W) stack, linked across z into 3D "
             "labels. Output: .tif/.tiff or .zarr (a group with 'labels'). Re-running the same command after an "
-            "interruption resumes it; an existing finished output is refused unless --overwrite."
+            "interruption resumes it, and keeps a finished output of the same job as it is; an existing output of "
+            "another job or program is refused unless --overwrite."
         ),
     )
     p.add_argument("input", help="input stack: .tif/.tiff file or .zarr array/group; 2D = one slice")
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         gen = segment_stack(
             args.input, args.out, model=args.model, device=args.device, precision=args.precision,
             overwrite=args.overwrite, client=client, settings=settings, iou_threshold=args.link_iou,
-            axes=args.axes, channel=args.channel,
+            axes=args.axes, channel=args.channel, keep_finished=not args.overwrite,
         )
         result = run_blocking(_noted(gen, note), show_progress=not args.quiet, description="napari-sam segment")
     except BatchWriteError as e:
@@ -123,5 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     resumed = f" ({result.resumed_slices} slices kept from an earlier run)" if result.resumed_slices else ""
+    if result.kept:
+        resumed = " (finished by an earlier run, kept)"
     print(f"{result.n_objects} objects in {result.n_slices} slices -> {result.path}{resumed}")
     return 0

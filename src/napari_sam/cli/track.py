@@ -2,7 +2,8 @@
 
 The objects drawn in a seed label image are tracked forward and backward through every
 frame, each keeping its id; each frame is written as soon as it is done, and an
-interrupted run resumes when started again with the same arguments (see
+interrupted run resumes when started again with the same arguments, and a finished output
+of the same job is kept and reported (see
 :mod:`napari_sam.engine.batch.track_run`). Several sequences are tracked one after another,
 or one Dask task each with ``--scheduler`` (see :mod:`napari_sam.engine.batch.track_many`;
 how they are named: :mod:`napari_sam.cli.track_jobs`).
@@ -20,9 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description=(
             "Track the objects of a seed label image through every frame of a time-lapse (T, Y, X) or z-stack "
             "(Z, Y, X) with SAM 2.1 memory; each object keeps its label id on every frame. Output: .tif/.tiff or "
-            ".zarr (a group with 'labels'). Re-running the same command after an interruption resumes it; an "
-            "existing finished output is refused unless --overwrite (with several sequences, a finished .zarr "
-            "output of the same job is kept and skipped). Several sequences: give several inputs with --seeds "
+            ".zarr (a group with 'labels'). Re-running the same command after an interruption resumes it, and "
+            "keeps a finished output (.zarr or TIFF) of the same job as it is; an existing output of another job "
+            "or program is refused unless --overwrite. Several sequences: give several inputs with --seeds "
             "and --out once each (same order), or --seeds-dir/--out-dir, or --manifest; --scheduler runs one "
             "Dask task per sequence. The inputs and the seeds are only read."
         ),
@@ -38,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, metavar="DIR",
                    help="folder for the outputs, named like the inputs (pos01.tif -> DIR/pos01.zarr)")
     p.add_argument("--out-format", choices=["zarr", "tif"], default="zarr",
-                   help="the outputs' format with --out-dir (zarr outputs keep a record of their job, so a rerun "
+                   help="the outputs' format with --out-dir (either keeps a record of its job, so a rerun "
                         "skips finished sequences)")
     p.add_argument("--manifest", default=None, metavar="FILE.csv",
                    help="a CSV file with the columns input,seeds,out (optional: seed_frame), one row per sequence; "
@@ -77,7 +78,7 @@ def _run_one(args: argparse.Namespace, job) -> int:
     try:
         gen = track_sequence(job.input, job.output, job.seeds, model=args.model, axes=args.axes,
                              channel=args.channel, seed_frame=job.seed_frame, overwrite=args.overwrite,
-                             device=args.device)
+                             device=args.device, keep_finished=not args.overwrite)
         result = run_blocking(gen, show_progress=not args.quiet, description="napari-sam track")
     except BatchWriteError as e:
         print(f"napari-sam: error: {e}", file=sys.stderr)
@@ -86,9 +87,9 @@ def _run_one(args: argparse.Namespace, job) -> int:
     return 0
 
 
-def _line(result, many: bool = False) -> str:
+def _line(result) -> str:
     resumed = f" ({result.resumed_frames} frames kept from an earlier run)" if result.resumed_frames else ""
-    if many and result.resumed_frames == result.n_frames:
+    if result.kept:
         resumed = " (finished by an earlier run, kept)"
     return f"{result.n_objects} objects tracked through {result.n_frames} frames -> {result.path}{resumed}"
 
@@ -111,7 +112,7 @@ def _run_many(args: argparse.Namespace, jobs) -> int:
         results = run_blocking(gen, show_progress=not args.quiet, description="napari-sam track")
     except SequencesFailedError as e:
         for r in e.finished:
-            print(_line(r, many=True))
+            print(_line(r))
         for name, why in e.failed.items():
             print(f"napari-sam: error: {name}: {' '.join(why.split())}", file=sys.stderr)
         print(f"napari-sam: {len(e.failed)} of {len(jobs)} sequences failed; the others are finished. Run the same "
@@ -121,5 +122,5 @@ def _run_many(args: argparse.Namespace, jobs) -> int:
         if client is not None:
             client.close()
     for r in results:
-        print(_line(r, many=True))
+        print(_line(r))
     return 0

@@ -27,7 +27,11 @@ holds a job record equal to this job's and is not complete, the slices whose
 record is set are kept and skipped; the others are (re)done. Linking is cheap
 and is always re-run over all slices at the end. An existing output that is
 complete, belongs to another job, or is not ours is refused with
-:class:`~napari_sam.errors.OutputExistsError` unless ``overwrite=True``.
+:class:`~napari_sam.errors.OutputExistsError` unless ``overwrite=True``; with
+``keep_finished=True`` (the command line's default) a complete output of this same job is
+kept, not rewritten, and reported. A finished TIFF carries the same record in its
+ImageDescription (:mod:`napari_sam.engine.batch.job_record`); a TIFF without one (another
+program's, or an older napari-sam's) or that cannot be read is refused.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ from .stack_store import StackSource, StackStore, as_stack, input_fingerprint, o
 @dataclass(frozen=True)
 class StackResult:
     """A finished batch run: ``path`` of the output, ``n_objects`` 3D objects, ``n_slices`` Z,
-    ``resumed_slices`` how many slices were kept from an interrupted run."""
+    ``resumed_slices`` how many slices were kept from an interrupted run, ``kept`` whether the
+    output was already finished by an earlier run of this job and kept as it was (``keep_finished``)."""
 
     path: Path
     n_objects: int
     n_slices: int
     resumed_slices: int
+    kept: bool = False
 
 
 def open_labels(path: str | os.PathLike) -> Any:
@@ -85,6 +91,7 @@ def segment_stack(
     iou_threshold: float = 0.3,
     axes: str | None = None,
     channel: Any = None,
+    keep_finished: bool = False,
 ) -> Generator[Progress, None, StackResult]:
     """Segment every slice of a stack and link the instances into 3D labels; a progress generator.
 
@@ -97,6 +104,9 @@ def segment_stack(
             tiled by the automatic mask generator; for ``segment_slice``, :func:`tiled`).
         device/precision: how the model runs (resolved where it is built).
         overwrite: replace an existing output instead of refusing / resuming.
+        keep_finished: a finished output of this very job (same input, segmenter and settings:
+            its job record says so) is kept as it is and returned (``kept``)
+            instead of refused; ``napari-sam segment`` sets it unless ``--overwrite``.
         client: a ``dask.distributed.Client``: slices run as tasks on its workers.
         segment_slice: any ``(image (H, W[, C])) -> (H, W) int labels`` callable instead of
             SAM (must be picklable when ``client`` is given); ``tile`` still applies.
@@ -166,7 +176,11 @@ def segment_stack(
         seg = tiled(segment_slice, tile) if tile else segment_slice
     job = {"input": {**input_fingerprint(stack, source), "axes": axes, "channel": channel}, "segmenter": describe(segment_slice or seg),
            "tile": None if tile is None else [int(t) for t in tile], "iou_threshold": float(iou_threshold)}
-    store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else ())
+    store = StackStore(output, job, (n_z, h, w), overwrite, inputs=(source.path,) if source.path else (),
+                       keep_finished=keep_finished)
+    if store.finished:
+        yield Progress(n_z, n_z, "already finished")
+        return StackResult(store.output, int(store.existing.get("n_objects", 0)), n_z, n_z, kept=True)
     # everything is checked before the output is created: the model too (loaded here; on a
     # cluster each worker loads it, so only its name or file is checked, above)
     if client is None:

@@ -21,8 +21,8 @@ from ...errors import BatchWriteError, InvalidImageError, InvalidOutputError, Ou
 from ..automatic.slice_segmenter import SegmentSliceFn, SliceSegmenterSpec, resolve
 from ..progress import Progress
 from ..volumes.stack_linking import StackLinker
+from .job_record import JOB_KEY, read_tiff_record, write_tiff
 
-JOB_KEY = "napari_sam_job"
 FORMAT = "napari-sam-stack/1"
 
 
@@ -110,7 +110,8 @@ class StackStore:
 
     Constructing it only checks (output suffix and folder, no overlap with ``inputs``, an existing
     output resumable or refused); nothing is created or removed until :meth:`open`.
-    ``keep_finished``: a finished zarr output of this same job is not refused but marked
+    ``keep_finished``: a finished output (zarr, or TIFF with its record:
+    :mod:`~napari_sam.engine.batch.job_record`) of this same job is not refused but marked
     ``finished`` (its record in ``existing``), for runs that skip what is already done.
     """
 
@@ -166,15 +167,24 @@ class StackStore:
             elif same and self.keep_finished and not self.is_tiff:
                 self.finished = True
             else:
-                why = ("holds a finished result of this job" if same else
-                       "holds the output of a different job" if old is not None else "is not a napari-sam output")
-                raise OutputExistsError(
-                    f"Output {self.group_path} exists and {why}; pass --overwrite / overwrite=True to replace it."
-                )
+                self._refuse(self.group_path, old, same)
         # A TIFF beside an unfinished group of this same job was written by this job just before a
         # failure (the group is removed right after the TIFF is in place): finish the job again.
         if self.is_tiff and self.output.exists() and not self.overwrite and not self.resumed:
-            raise OutputExistsError(f"Output {self.output} exists; pass --overwrite / overwrite=True to replace it.")
+            old = read_tiff_record(self.output)  # a damaged file is refused here
+            same = old is not None and old.get("job") == self.job and bool(old.get("complete"))
+            if not (same and self.keep_finished):
+                self._refuse(self.output, old, same)
+            self.finished, self.existing = True, old
+
+    @staticmethod
+    def _refuse(path: Path, old: dict | None, same: bool) -> None:
+        why = ("holds a finished result of this job" if same else
+               "holds the output of a different job" if old is not None else
+               "is not a napari-sam output (it carries no job record: another program's file, or one written "
+               "by an older napari-sam)")
+        raise OutputExistsError(f"Output {path} exists and {why}; pass --overwrite / overwrite=True to replace it, "
+                                "or choose another output path.")
 
     def open(self) -> None:
         """Create the output group (or open the one to resume)."""
@@ -243,19 +253,16 @@ class StackStore:
         """Complete the output, marking it complete only once the final write has succeeded.
 
         zarr: ``labels`` is written (by :meth:`link`), then the record is set complete.
-        TIFF: the TIFF is written atomically, then the partial group is removed; a failure
+        TIFF: the TIFF is written atomically with the complete record in its description
+        (:func:`~napari_sam.engine.batch.job_record.write_tiff`), then the partial group is removed; a failure
         before that leaves the group unfinished, so running the job again finishes it.
         """
         try:
             if not self.is_tiff:
                 self.group.attrs[JOB_KEY] = {"job": self.job, "complete": True, "n_objects": int(n_objects)}
                 return self.output
-            import tifffile
-
-            from ..store.atomic import atomic_path
-
-            with atomic_path(self.output) as tmp:
-                tifffile.imwrite(tmp, np.asarray(self.group["labels"][:]), photometric="minisblack", compression="zlib")
+            write_tiff(self.output, np.asarray(self.group["labels"][:]),
+                       {"job": self.job, "complete": True, "n_objects": int(n_objects)})
         except OSError as e:
             raise BatchWriteError(
                 f"Writing the final output {self.output} failed: {e}. All slices are kept in {self.group_path}; "

@@ -13,8 +13,10 @@ experiment, each a :class:`TrackJob` (input, seeds, output). Each job runs exact
   :class:`~napari_sam.errors.SequencesFailedError` names each failed input with its error
   (``finished`` holds the results of the others, whose outputs are complete).
 - A rerun of the same jobs resumes: an unfinished output goes on from its last frame, and a
-  finished ``.zarr`` output of the same job is kept and reported, not redone (a finished TIFF
-  carries no job record, so it is refused as in a single run: prefer ``.zarr`` outputs).
+  finished output of the same job (``.zarr``, or a TIFF with the job record in its description:
+  :mod:`~napari_sam.engine.batch.job_record`) is kept and reported, not redone. A TIFF without a
+  record (another program's, or an older napari-sam's), another job's output, or a file that
+  cannot be read is refused before anything is written.
 
 On a cluster (``client``: a ``dask.distributed.Client``) each sequence is one task; the
 worker opens the input and writes the output itself, so both must be on storage every
@@ -132,7 +134,7 @@ def track_sequences(
 
     Progress: ``total`` = the frames of all sequences; ``message`` starts with the sequence's name.
     Returns: one :class:`~napari_sam.engine.batch.track_run.TrackResult` per job, in job order
-    (``resumed_frames == n_frames`` for a finished output kept from an earlier run).
+    (``kept`` for a finished output kept from an earlier run).
     Raises: before anything is written, the first problem of any job (named); after the run,
     :class:`~napari_sam.errors.SequencesFailedError` if some sequences failed (the others finished).
     """

@@ -10,7 +10,8 @@ atomically at the end from a ``.partial.zarr`` group beside it).
 Everything is checked before the output is created: the input and its axes, the seeds
 (shape, frame, at least one object), the model (a SAM 2.1 model), the output path (never
 the input or the seeds; an existing output is resumed, refused, or replaced with
-``overwrite``). The input and the seeds are only read.
+``overwrite``; with ``keep_finished``, the command line's default, a finished output of this
+same job, .zarr or TIFF, is kept as it is and reported). The input and the seeds are only read.
 
 Resume: a rerun with the same arguments keeps the frames already written (their input
 pixels are re-checked) and tracks on from the last finished frame in each direction,
@@ -37,12 +38,14 @@ DEFAULT_TRACK_MODEL = "sam2.1_hiera_tiny"
 
 @dataclass(frozen=True)
 class TrackResult:
-    """A finished tracking run: ``path``, ``n_objects`` ids, ``n_frames``, ``resumed_frames`` kept."""
+    """A finished tracking run: ``path``, ``n_objects`` ids, ``n_frames``, ``resumed_frames`` kept;
+    ``kept``: the output was already finished by an earlier run of this job and kept as it was."""
 
     path: Path
     n_objects: int
     n_frames: int
     resumed_frames: int
+    kept: bool = False
 
 
 def _open_seeds(seeds: Any) -> tuple[Any, str | None]:
@@ -153,6 +156,7 @@ def track_sequence(
     seed_frame: int = 0,
     overwrite: bool = False,
     device: str | None = None,
+    keep_finished: bool = False,
 ) -> Generator[Progress, None, TrackResult]:
     """Track the seeded objects through a sequence into ``output``; a progress generator.
 
@@ -163,9 +167,12 @@ def track_sequence(
             objects drawn on any frames.
         model: a SAM 2.1 zoo name, checkpoint path or built model (default sam2.1_hiera_tiny).
         axes, channel: see :func:`~napari_sam.engine.volumes.sequences.select_sequence`.
+        keep_finished: a finished output (.zarr or TIFF) of this very job is kept as it is and
+            returned (``kept``) instead of refused; ``napari-sam track``
+            sets it unless ``--overwrite``.
     """
     prepared = prepare_track(input, output, seeds, model=model, axes=axes, channel=channel, seed_frame=seed_frame,
-                             overwrite=overwrite)
+                             overwrite=overwrite, keep_finished=keep_finished)
     sam2 = load_sam2(model, device)
     return (yield from run_track(prepared, sam2))
 
@@ -186,7 +193,7 @@ def run_track(prepared: PreparedTrack, sam2: Any) -> Generator[Progress, None, T
     n = shape[0]
     if prepared.finished:
         yield Progress(n, n, "already finished")
-        return TrackResult(store.output, int(store.existing.get("n_objects", 0)), n, n)
+        return TrackResult(store.output, int(store.existing.get("n_objects", 0)), n, n, kept=True)
     store.open()
     done = set(store.verified_done_slices(_Frames(frames)))
     first = min(p.frame for p in prompts)
