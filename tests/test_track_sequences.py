@@ -67,11 +67,11 @@ def test_dask_run_equals_the_local_run(tmp_path, sam2_file, small_sam2):
     assert not any((tmp_path / "out").glob("*.partial.zarr"))
 
 
-def test_a_failed_sequence_is_named_and_the_others_kept_then_resumed(tmp_path, sam2_file, small_sam2, monkeypatch):
+def _fail_pos1_at_frame_3(monkeypatch):
+    """Make writing frame 3 of sequence ``pos1`` fail (a full disk); returns the real writer."""
     from napari_sam.engine.batch import stack_store
     from napari_sam.errors import BatchWriteError
 
-    jobs = _movies(tmp_path, n=3)
     real = stack_store.write_slice
 
     def failing(group_path, z, plane, pixels=None):
@@ -80,6 +80,14 @@ def test_a_failed_sequence_is_named_and_the_others_kept_then_resumed(tmp_path, s
         return real(group_path, z, plane, pixels)
 
     monkeypatch.setattr(stack_store, "write_slice", failing)
+    return real
+
+
+def test_a_failed_sequence_is_named_and_the_others_kept_then_resumed(tmp_path, sam2_file, small_sam2, monkeypatch):
+    from napari_sam.engine.batch import stack_store
+
+    jobs = _movies(tmp_path, n=3)
+    real = _fail_pos1_at_frame_3(monkeypatch)
     with pytest.raises(SequencesFailedError) as info:
         track_sequences_blocking(jobs, model=str(sam2_file))
     assert list(info.value.failed) == [jobs[1].input] and "disk full" in str(info.value)
@@ -102,17 +110,10 @@ def test_a_failed_sequence_is_named_and_the_others_kept_then_resumed(tmp_path, s
 def test_finished_tiff_outputs_are_kept_when_the_failed_sequences_are_rerun(tmp_path, sam2_file, small_sam2,
                                                                             monkeypatch):
     from napari_sam.engine.batch import stack_store
-    from napari_sam.errors import BatchWriteError, OutputExistsError
+    from napari_sam.errors import OutputExistsError
 
     jobs = [TrackJob(j.input, j.seeds, j.output.replace(".zarr", ".tif")) for j in _movies(tmp_path, n=3)]
-    real = stack_store.write_slice
-
-    def failing(group_path, z, plane, pixels=None):
-        if "pos1" in str(group_path) and z == 3:
-            raise BatchWriteError("disk full")
-        return real(group_path, z, plane, pixels)
-
-    monkeypatch.setattr(stack_store, "write_slice", failing)
+    real = _fail_pos1_at_frame_3(monkeypatch)
     with pytest.raises(SequencesFailedError):
         track_sequences_blocking(jobs, model=str(sam2_file))
     monkeypatch.setattr(stack_store, "write_slice", real)
