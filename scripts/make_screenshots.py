@@ -84,14 +84,13 @@ def main() -> None:
 
     # every model before the first viewer: no heavy import after the GL context exists
     model, model_name = _load(args.model) if "widget" in args.only else (None, "")
-    sam2, sam2_name = _load_sam2(args.sam2) if {"timelapse", "stack-sam2"} & set(args.only) else (None, "")
+    sam2, sam2_name = _load_sam2(args.sam2) if set(MEMORY_PICTURES) & set(args.only) else (None, "")
 
     if "widget" in args.only:
         _widget_pictures(out, model, model_name)
-    if "timelapse" in args.only:
-        _timelapse_picture(out, sam2, sam2_name)
-    if "stack-sam2" in args.only:
-        _stack_sam2_picture(out, sam2, sam2_name)
+    for name, picture in MEMORY_PICTURES.items():
+        if name in args.only:
+            _memory_picture(out, sam2, sam2_name, **picture)
 
 
 def _viewer():
@@ -153,47 +152,39 @@ def _propagation_widget(viewer, sam2, image_layer, labels_layer):
     return prop
 
 
-def _timelapse_picture(out: Path, sam2, sam2_name: str) -> None:
-    """Cells drawn on one frame, tracked with SAM 2.1 memory, and their tracks; shown on the drawn frame."""
+#: the SAM 2.1 memory pictures: objects drawn on one frame (or slice) of a synthetic movie (or
+#: stack), propagated through it with SAM 2.1 memory, shown on the drawn frame (with random weights
+#: the masks on the other frames are not meaningful; the status line says what ran)
+MEMORY_PICTURES = {
+    "timelapse": dict(shape=(8, 160, 160), n_cells=5, seed=3, image="movie", objects="cells",
+                      frame=None, tracks=True, file="timelapse-tracks.png"),  # frame None: the one with most cells
+    "stack-sam2": dict(shape=(16, 192, 192), n_cells=6, seed=0, image="stack", objects="nuclei",
+                       frame=8, tracks=False, file="stack-sam2.png"),
+}
+
+
+def _memory_picture(out: Path, sam2, sam2_name: str, shape, n_cells: int, seed: int, image: str, objects: str,
+                    frame: int | None, tracks: bool, file: str) -> None:
+    """One of :data:`MEMORY_PICTURES`: objects drawn on one frame, propagated with SAM 2.1 memory
+    (and their tracks added when ``tracks``), shown on the drawn frame."""
     from napari_sam.samples import synthetic_stack
 
     viewer = _viewer()
-    movie, mtruth = synthetic_stack((8, 160, 160), n_cells=5, seed=3)
-    movie_layer = viewer.add_image(movie, name=f"movie ({sam2_name})", colormap="gray")
-    t0 = int(np.argmax([len(np.unique(f)) for f in mtruth]))  # the frame with most cells: drawn by hand
-    seeds = np.zeros_like(mtruth)
-    seeds[t0] = mtruth[t0]
-    cells = viewer.add_labels(seeds, name="cells")
-    prop = _propagation_widget(viewer, sam2, movie_layer, cells)
-    viewer.dims.set_current_step(0, t0)
+    data, truth = synthetic_stack(shape, n_cells=n_cells, seed=seed)
+    image_layer = viewer.add_image(data, name=f"{image} ({sam2_name})", colormap="gray")
+    if frame is None:  # the frame with most objects: drawn by hand
+        frame = int(np.argmax([len(np.unique(f)) for f in truth]))
+    seeds = np.zeros_like(truth)
+    seeds[frame] = truth[frame]
+    labels_layer = viewer.add_labels(seeds, name=objects)
+    prop = _propagation_widget(viewer, sam2, image_layer, labels_layer)
+    viewer.dims.set_current_step(0, frame)
     viewer.reset_view()
     prop.propagate_all()
-    prop.add_tracks()
-    # the drawn frame: with random weights the tracked masks on other frames are not meaningful
-    viewer.dims.set_current_step(0, t0)
-    _shot(viewer, out, "timelapse-tracks.png")
-    viewer.close()
-
-
-def _stack_sam2_picture(out: Path, sam2, sam2_name: str) -> None:
-    """Nuclei drawn on one slice of a z-stack, carried through z with SAM 2.1 memory; shown on that slice."""
-    from napari_sam.samples import synthetic_stack
-
-    viewer = _viewer()
-    stack, struth = synthetic_stack((16, 192, 192), n_cells=6, seed=0)
-    stack_layer = viewer.add_image(stack, name=f"stack ({sam2_name})", colormap="gray")
-    z0 = 8
-    seeds = np.zeros_like(struth)
-    seeds[z0] = struth[z0]
-    nuclei = viewer.add_labels(seeds, name="nuclei")
-    prop = _propagation_widget(viewer, sam2, stack_layer, nuclei)
-    viewer.dims.set_current_step(0, z0)
-    viewer.reset_view()
-    prop.propagate_all()
-    # the seeded slice: with random weights the masks on the other slices are not meaningful (they cover
-    # the slice in a pattern); the status line says what ran
-    viewer.dims.set_current_step(0, z0)
-    _shot(viewer, out, "stack-sam2.png")
+    if tracks:
+        prop.add_tracks()
+    viewer.dims.set_current_step(0, frame)
+    _shot(viewer, out, file)
     viewer.close()
 
 
