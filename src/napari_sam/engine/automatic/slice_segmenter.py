@@ -110,21 +110,24 @@ class SliceRun:
         precomputed one can be passed to :meth:`steps`."""
         return self.settings.method == "ais" and self.settings.tile_shape is None
 
-    def steps(self, image: np.ndarray, intensity_limits: tuple[float, float] | None = None, embedding=None):
+    def steps(self, image: np.ndarray | None, intensity_limits: tuple[float, float] | None = None, embedding=None):
         """A progress generator returning the (H, W) int32 labels of one 2D slice.
 
         ``embedding``: the slice's precomputed embedding (same model, options and intensity
-        limits), used instead of an encoder pass; only when :attr:`reads_whole_embedding`.
+        limits), used instead of an encoder pass (``image`` may then be None); only when
+        :attr:`reads_whole_embedding`.
         """
         if embedding is not None and not self.reads_whole_embedding:
             raise ValueError("A precomputed embedding is read by the untiled instance decoder only.")
+        if embedding is None and image is None:
+            raise ValueError("Give the slice's image (or, for the untiled decoder, its embedding).")
         if self.settings.method == "amg":
             return (yield from self._amg.label_slice_iter(image, intensity_limits))
         from .instance_decoder import segment_with_decoder_steps
 
         s = self.settings
         return (yield from segment_with_decoder_steps(
-            self.model, None if embedding is not None else image, embedding=embedding, settings=self._maps,
+            self.model, image if embedding is None else None, embedding=embedding, settings=self._maps,
             intensity_limits=intensity_limits, tile_shape=s.tile_shape, halo=s.halo, options=self.options))
 
 
@@ -155,11 +158,10 @@ def label_segmenter_slice_steps(segmenter, slice_index, settings: AutoSettings, 
     from ..models.model_profile import model_profile
 
     run = SliceRun(segmenter.model, model_profile(segmenter.model, model_name).resolve(settings), segmenter.options)
-    image = segmenter.read_slice(slice_index)
-    embedding = None
-    if run.reads_whole_embedding and len(segmenter.tile_grid) == 1:
+    if run.reads_whole_embedding and len(segmenter.tile_grid) == 1:  # the pixels are read only to embed them
         embedding = yield from segmenter.embed(slice_index)
-    return (yield from run.steps(image, segmenter.intensity_limits(), embedding=embedding))
+        return (yield from run.steps(None, segmenter.intensity_limits(), embedding=embedding))
+    return (yield from run.steps(segmenter.read_slice(slice_index), segmenter.intensity_limits()))
 
 
 def build_cached(spec: SliceSegmenterSpec) -> SegmentSliceFn:
