@@ -159,8 +159,6 @@ def main() -> None:
 
 def slices_per_minute(args) -> None:
     """Slices per minute of tiny's AIS and AMG on synthetic nuclei slices (see the module docstring)."""
-    from pathlib import Path as _Path
-
     from napari_sam.engine.automatic.settings import AutoSettings
     from napari_sam.engine.automatic.slice_segmenter import label_slice_steps
     from napari_sam.engine.models.zoo import load_model
@@ -170,7 +168,7 @@ def slices_per_minute(args) -> None:
 
     if args.model != "tiny":
         raise SystemExit("--slices-per-minute measures the bundled 'tiny' (use --model tiny).")
-    source = _Path(args.checkpoint) if args.checkpoint else "tiny"
+    source = Path(args.checkpoint) if args.checkpoint else "tiny"
     model = load_model(source, device="cpu", model_type="tiny", progressbar=False)
     decoder_note = "trained decoder"
     if model.instance_decoder is None:
