@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from napari_sam.engine.automatic.instance_maps import InstanceMapSettings, labels_from_maps
     from napari_sam.engine.models.zoo import load_model
     from napari_sam.engine.prediction.predictor import SamPredictor
-    from napari_sam.training.evaluate_automatic import matched_pairs, object_count
+    from napari_sam.training.evaluate_automatic import AutomaticScore, matched_pairs, object_count
     from napari_sam.training.synthetic_nuclei import NucleiPairs
 
     model = load_model(Path(args.checkpoint), device="cpu", model_type="tiny", progressbar=False)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             tp += matched_pairs(truth, found)
             n_true += object_count(truth)
             n_found += object_count(found)
-        rows.append((2 * tp / max(1, n_true + n_found), values))
+        rows.append((AutomaticScore(len(data), n_true, n_found, tp, float("nan")).f1, values))
     rows.sort(key=lambda r: -r[0])
     print(f"{args.checkpoint}: {args.images} validation images (seed {args.seed}), F1 at IoU 0.5")
     print(" | ".join(GRID) + " | F1")
